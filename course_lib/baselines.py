@@ -1,0 +1,36 @@
+"""Lexical baseline: BM25 (Robertson & Zaragoza, 2009, "The Probabilistic Relevance Framework: BM25 and
+Beyond", §3.4) via the ``bm25s`` package (Lù, 2024), Lucene's variant with k1 = 1.5, b = 0.75, English stop
+words and the Snowball English stemmer (PyStemmer)."""
+
+import bm25s
+import numpy as np
+import Stemmer
+
+
+class BM25:
+    """BM25 over a corpus dict; ``search(texts, k)`` returns ranked doc ids and scores like the indexes do."""
+
+    def __init__(self, corpus: dict[str, str], k1: float = 1.5, b: float = 0.75):
+        if not corpus:
+            raise ValueError("BM25 needs a non-empty corpus")
+        self.ids = sorted(corpus)
+        self._stemmer = Stemmer.Stemmer("english")
+        tokens = bm25s.tokenize([corpus[i] for i in self.ids], stopwords="en", stemmer=self._stemmer,
+                                show_progress=False)
+        self._bm25 = bm25s.BM25(k1=k1, b=b)
+        self._bm25.index(tokens, show_progress=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def search(self, texts: list[str], k: int) -> tuple[list[list[str]], np.ndarray]:
+        """Top-k doc ids and BM25 scores per query (a query with no known word scores 0 everywhere)."""
+        if isinstance(texts, str):
+            raise TypeError("search expects a list of query texts, not one string")
+        if not texts:
+            raise ValueError("no queries to search with")
+        if not isinstance(k, int) or not 1 <= k <= len(self.ids):
+            raise ValueError(f"k must be an int in [1, {len(self.ids)}] (the corpus size), got {k!r}")
+        tokens = bm25s.tokenize(list(texts), stopwords="en", stemmer=self._stemmer, show_progress=False)
+        docs, scores = self._bm25.retrieve(tokens, k=k, show_progress=False, n_threads=1)  # (Q, k) each
+        return [[self.ids[j] for j in row] for row in docs.tolist()], scores

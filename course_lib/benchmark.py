@@ -1,0 +1,183 @@
+"""Train and evaluate every method under one budget, on one split, and write the results.
+
+    python -m course_lib.benchmark --preset fast --out results/fast
+    python -m course_lib.benchmark --preset full --out results/full --methods bm25 untrained
+
+writes ``DIR/results.json``, ``DIR/results.md`` and ``DIR/recall_curves.png``. Each method is a function in
+``METHODS`` that returns ``(metrics, train_seconds, steps)``; every later notebook adds its method here. The
+``hnsw`` entry measures HNSW against exact search on a course encoder's embeddings of the whole corpus.
+"""
+
+import argparse
+import datetime
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from course_lib.utils import seed_everything  # noqa: I001 (sets OMP_WAIT_POLICY before torch is used)
+from course_lib.baselines import BM25
+from course_lib.config import get_config
+from course_lib.data import load_dataset
+from course_lib.index import ExactIndex, HNSWIndex, recall_vs_exact
+from course_lib.metrics import KS, embed_corpus, evaluate, retrieval_metrics
+from course_lib.models import MINILM_SHA256, encode, encode_cached, load_minilm, make_encoder
+from course_lib.plots import plot_recall_at_k
+from course_lib.tokenizer import load_tokenizer
+
+REPORTED = ("recall@1", "recall@5", "recall@10", "recall@20", "recall@50", "recall@100", "mrr@10", "ndcg@10")
+
+
+def run_bm25(cfg, data, tokenizer):
+    """BM25 over the corpus (no training)."""
+    _, texts, relevant = data.split_items("test")
+    ranked, _ = BM25(data.corpus).search(texts, max(KS))
+    return retrieval_metrics(ranked, relevant, KS), 0.0, 0
+
+
+def run_untrained(cfg, data, tokenizer):
+    """The course encoder with random weights: the floor every trained method must clear."""
+    seed_everything(cfg.seed, cfg.num_threads)
+    model = make_encoder(cfg, tokenizer)
+    metrics = evaluate(model, data, "test", tokenizer=tokenizer, max_query_len=cfg.max_query_len,
+                       max_doc_len=cfg.max_doc_len)
+    return metrics, 0.0, 0
+
+
+def run_minilm(cfg, data, tokenizer):
+    """all-MiniLM-L6-v2 zero-shot (its own tokenizer; embeddings cached on disk)."""
+    model, tok = load_minilm()
+    ids = sorted(data.corpus)
+    docs = encode_cached(model, tok, [data.corpus[i] for i in ids], key=MINILM_SHA256, max_length=128)
+    _, texts, relevant = data.split_items("test")
+    queries = encode_cached(model, tok, texts, key=MINILM_SHA256, max_length=128)
+    index = ExactIndex(docs.shape[1])
+    index.add(ids, docs)
+    ranked, _ = index.search(queries, max(KS))
+    return retrieval_metrics(ranked, relevant, KS), 0.0, 0
+
+
+METHODS = {"bm25": run_bm25, "untrained": run_untrained, "minilm": run_minilm}
+
+
+def measure_hnsw(cfg, data, tokenizer, repeats: int = 3) -> dict:
+    """HNSW (M, ef_construction, ef from the preset) vs exact search on the course encoder's embeddings of
+    the whole corpus, queried with the test queries: recall@10 against exact, and the search speed-up."""
+    seed_everything(cfg.seed, cfg.num_threads)
+    model = make_encoder(cfg, tokenizer)
+    ids, docs = embed_corpus(model, tokenizer, data, max_length=cfg.max_doc_len)
+    _, texts, _ = data.split_items("test")
+    queries = encode(model, tokenizer, texts, max_length=cfg.max_query_len)
+    exact = ExactIndex(docs.shape[1])
+    exact.add(ids, docs)
+    t0 = time.perf_counter()
+    hnsw = HNSWIndex(docs.shape[1], M=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction, ef=cfg.hnsw_ef_search,
+                     seed=cfg.seed, num_threads=cfg.num_threads)
+    hnsw.add(ids, docs)
+    build_s = time.perf_counter() - t0
+
+    def best_time(fn):
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            result = fn()
+            times.append(time.perf_counter() - t)
+        return min(times), result
+
+    exact_s, (exact_ids, _) = best_time(lambda: exact.search(queries, 10))
+    hnsw_s, (hnsw_ids, _) = best_time(lambda: hnsw.search(queries, 10))
+    return {
+        "recall_at_10_vs_exact": recall_vs_exact(hnsw_ids, exact_ids, 10),
+        "speedup_vs_exact": exact_s / hnsw_s,
+        "n_vectors": len(ids),
+        "n_queries": len(texts),
+        "exact_ms_per_1k_queries": 1000 * exact_s / len(texts) * 1000,
+        "hnsw_ms_per_1k_queries": 1000 * hnsw_s / len(texts) * 1000,
+        "build_seconds": build_s,
+        "params": hnsw.params,
+        "embeddings": "untrained course encoder",
+    }
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def to_markdown(results: dict) -> str:
+    cols = ["recall@1", "recall@10", "recall@100", "mrr@10", "ndcg@10", "train_seconds", "steps"]
+    lines = [
+        f"Preset `{results['preset']}` on `{results['dataset']}`: {results['n_docs']} documents, "
+        f"{results['n_test_queries']} test queries. {results['machine']}; {results['date']}.",
+        "",
+        "| method | " + " | ".join(cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for name, m in results["methods"].items():
+        cells = [f"{m[c]:.0f}" if c == "train_seconds" else f"{m[c]:.3f}" if isinstance(m[c], float) else str(m[c])
+                 for c in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    h = results["hnsw"]
+    lines += ["", f"HNSW (M={h['params']['M']}, ef_construction={h['params']['ef_construction']}, ef={h['params']['ef']}) "
+              f"on {h['n_vectors']} vectors ({h['embeddings']}): recall@10 vs exact {h['recall_at_10_vs_exact']:.4f}, "
+              f"{h['speedup_vs_exact']:.1f}× faster than exact search "
+              f"({h['hnsw_ms_per_1k_queries']:.1f} vs {h['exact_ms_per_1k_queries']:.1f} ms per 1,000 queries)."]
+    return "\n".join(lines) + "\n"
+
+
+def run(preset: str, out: Path, methods: list[str] | None = None) -> dict:
+    cfg = get_config(preset)
+    seed_everything(cfg.seed, cfg.num_threads)
+    names = methods or list(METHODS)
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; known: {list(METHODS)}")
+    data = load_dataset("wordnet", preset)
+    tokenizer = load_tokenizer(data, cfg.vocab_size)
+    results = {
+        "preset": preset,
+        "dataset": data.name,
+        "n_docs": len(data.corpus),
+        "n_test_queries": len(data.queries["test"]),
+        "machine": machine(),
+        "date": datetime.date.today().isoformat(),
+        "methods": {},
+    }
+    for name in names:
+        t0 = time.perf_counter()
+        metrics, train_seconds, steps = METHODS[name](cfg, data, tokenizer)
+        results["methods"][name] = {k: metrics[k] for k in REPORTED} | {
+            "train_seconds": round(train_seconds, 1), "steps": steps, "wall_seconds": round(time.perf_counter() - t0, 1)}
+        print(f"{name:>12}: R@1 {metrics['recall@1']:.3f}  R@10 {metrics['recall@10']:.3f}  "
+              f"MRR@10 {metrics['mrr@10']:.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    results["hnsw"] = measure_hnsw(cfg, data, tokenizer)
+    print(f"        hnsw: recall@10 vs exact {results['hnsw']['recall_at_10_vs_exact']:.4f}, "
+          f"speed-up {results['hnsw']['speedup_vs_exact']:.1f}x on {results['hnsw']['n_vectors']} vectors")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(to_markdown(results))
+    fig = plot_recall_at_k(results["methods"], title=f"Recall@k, WordNet test split ({preset})")
+    fig.savefig(out / "recall_curves.png", dpi=120)
+    return results
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=["fast", "full"], default="fast")
+    parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument("--methods", nargs="*", default=None, help=f"subset of {list(METHODS)}")
+    args = parser.parse_args(argv)
+    run(args.preset, args.out / args.preset if args.out == Path("results") else args.out, args.methods)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Presets: one frozen dataclass holds every knob a notebook or the benchmark reads.
+
+``get_config()`` returns FAST when ``COURSE_FAST=1`` (or, with ``COURSE_FAST`` unset, when ``CI`` is set) and
+the full preset otherwise. FAST is sized so that each notebook runs in at most 90 s on 2 CPU cores; full is
+sized for about 15 minutes per notebook on a laptop CPU (COURSE_DESIGN.md §3).
+"""
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every preset value, with the unit in its name where it has one."""
+
+    preset: str
+    seed: int = 0
+    num_threads: int = 2
+    # data: FAST samples this many polysemous lemmas for the retrieval corpus (None = every synset)
+    n_lemmas: int | None = 1700
+    # tokenizer
+    vocab_size: int = 8000
+    max_query_len: int = 32
+    max_doc_len: int = 48
+    # encoder (transformers BertConfig); dropout 0 and mean pooling learn fastest on CPU (design §9)
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 512
+    dropout: float = 0.0
+    pooling: str = "mean"
+    # training
+    batch_size: int = 64
+    lr: float = 2e-3
+    temperature: float = 0.05
+    train_steps: int = 300  # the budget that makes runs reproducible
+    train_seconds: float = 60.0  # a wall-clock cap on top, for slow machines
+    eval_every_steps: int = 100
+    # evaluation
+    eval_batch_size: int = 256
+    ks: tuple = (1, 5, 10, 20, 50, 100)
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 200
+    hnsw_ef_search: int = 64
+
+    def replace(self, **changes) -> "Config":
+        """A copy with some fields changed (the dataclass is frozen); unknown names raise."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown config field(s) {sorted(unknown)}; see course_lib.config.Config")
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS = {
+    "fast": Config(preset="fast"),
+    "full": Config(
+        preset="full",
+        n_lemmas=None,
+        vocab_size=16000,
+        hidden_size=256,
+        num_layers=4,
+        num_heads=4,
+        intermediate_size=1024,
+        lr=1e-3,
+        train_steps=3000,
+        train_seconds=900.0,
+        eval_every_steps=500,
+    ),
+}
+
+
+def fast_mode() -> bool:
+    """True when ``COURSE_FAST`` is 1/true/yes, or when it is unset and ``CI`` is set."""
+    flag = os.environ.get("COURSE_FAST")
+    if flag is not None and flag.strip() != "":
+        value = flag.strip().lower()
+        if value in {"1", "true", "yes"}:
+            return True
+        if value in {"0", "false", "no"}:
+            return False
+        raise ValueError(f"COURSE_FAST={flag!r} is not understood; use 1 (FAST preset) or 0 (full preset)")
+    return bool(os.environ.get("CI"))
+
+
+def get_config(preset: str | None = None, **overrides) -> Config:
+    """Return the named preset ("fast" or "full"), or the one the environment selects, with overrides."""
+    if preset is None:
+        preset = "fast" if fast_mode() else "full"
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[preset].replace(**overrides) if overrides else PRESETS[preset]

@@ -1,0 +1,120 @@
+"""Ranking metrics, written once: Recall@k, MRR@k, nDCG@k, and ``evaluate`` for an encoder on a split.
+
+Definitions (binary relevance, averaged over queries; Manning, Raghavan & Schütze, *Introduction to
+Information Retrieval*, 2008, §8.4 and §8.4's nDCG; BEIR, Thakur et al., 2021, §4 reports nDCG@10):
+- Recall@k = |relevant ∩ top-k| / |relevant|
+- MRR@k = 1 / rank of the first relevant document in the top k (0 if none)
+- nDCG@k = Σ_{i≤k} rel_i / log2(i + 1), divided by its value for an ideal ranking
+"""
+
+import math
+
+import numpy as np
+import torch
+
+KS = (1, 5, 10, 20, 50, 100)
+
+
+def _check(ranked: list[list[str]], relevant: list[set[str]], k: int) -> None:
+    if len(ranked) != len(relevant):
+        raise ValueError(f"got {len(ranked)} rankings but {len(relevant)} relevance sets; one of each per query")
+    if not ranked:
+        raise ValueError("no queries to score: the list of rankings is empty")
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    if any(not rel for rel in relevant):
+        raise ValueError("a query has no relevant document; drop it before scoring (its recall is undefined)")
+
+
+def recall_at_k(ranked: list[list[str]], relevant: list[set[str]], k: int) -> float:
+    """Mean over queries of the fraction of relevant documents found in the top k."""
+    _check(ranked, relevant, k)
+    return float(np.mean([len(rel.intersection(r[:k])) / len(rel) for r, rel in zip(ranked, relevant)]))
+
+
+def mrr_at_k(ranked: list[list[str]], relevant: list[set[str]], k: int = 10) -> float:
+    """Mean reciprocal rank of the first relevant document within the top k (0 when none is there)."""
+    _check(ranked, relevant, k)
+    scores = []
+    for r, rel in zip(ranked, relevant):
+        first = next((i for i, d in enumerate(r[:k]) if d in rel), None)
+        scores.append(0.0 if first is None else 1.0 / (first + 1))
+    return float(np.mean(scores))
+
+
+def ndcg_at_k(ranked: list[list[str]], relevant: list[set[str]], k: int = 10) -> float:
+    """Normalised discounted cumulative gain at k with binary gains."""
+    _check(ranked, relevant, k)
+    scores = []
+    for r, rel in zip(ranked, relevant):
+        dcg = sum(1.0 / math.log2(i + 2) for i, d in enumerate(r[:k]) if d in rel)
+        ideal = sum(1.0 / math.log2(i + 2) for i in range(min(len(rel), k)))
+        scores.append(dcg / ideal)
+    return float(np.mean(scores))
+
+
+def retrieval_metrics(ranked: list[list[str]], relevant: list[set[str]], ks=KS) -> dict[str, float]:
+    """Recall@k for every k in ``ks``, MRR@10 and nDCG@10, as one dict."""
+    out = {f"recall@{k}": recall_at_k(ranked, relevant, k) for k in ks}
+    out["mrr@10"] = mrr_at_k(ranked, relevant, 10)
+    out["ndcg@10"] = ndcg_at_k(ranked, relevant, 10)
+    return out
+
+
+def embed_corpus(model, tokenizer, data, *, max_length: int = 48, batch_size: int = 256) -> tuple[list[str], torch.Tensor]:
+    """Doc ids (sorted) and their embeddings (N, D)."""
+    from course_lib.models import encode
+
+    ids = sorted(data.corpus)
+    return ids, encode(model, tokenizer, [data.corpus[i] for i in ids], max_length=max_length, batch_size=batch_size)
+
+
+def build_index(kind, doc_ids: list[str], doc_emb: torch.Tensor, **hnsw_kwargs):
+    """An index over the corpus: ``kind`` is "exact", "hnsw", or an index object to fill."""
+    from course_lib.index import ExactIndex, HNSWIndex
+
+    if kind == "exact":
+        index = ExactIndex(doc_emb.shape[1])
+    elif kind == "hnsw":
+        index = HNSWIndex(doc_emb.shape[1], **hnsw_kwargs)
+    elif hasattr(kind, "add") and hasattr(kind, "search"):
+        index = kind
+    else:
+        raise ValueError(f"index must be 'exact', 'hnsw' or an index object, got {kind!r}")
+    index.add(doc_ids, doc_emb)
+    return index
+
+
+def evaluate(
+    model,
+    data,
+    split: str = "test",
+    *,
+    tokenizer,
+    index="exact",
+    ks=KS,
+    max_query_len: int = 32,
+    max_doc_len: int = 48,
+    doc_embeddings: tuple[list[str], torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """Embed the corpus and a split's queries, search, and score (``retrieval_metrics``).
+
+    ``index`` is "exact" (brute force, the reference), "hnsw", or a prepared index already holding the corpus.
+    Pass ``doc_embeddings=(ids, emb)`` to reuse corpus embeddings. Raises if a k exceeds the corpus size.
+    """
+    from course_lib.models import encode
+
+    if max(ks) > len(data.corpus):
+        raise ValueError(
+            f"ks go up to {max(ks)} but the corpus has {len(data.corpus)} documents; pass smaller ks, "
+            f"e.g. ks={tuple(k for k in ks if k <= len(data.corpus)) or (1,)}"
+        )
+    qids, texts, relevant = data.split_items(split)
+    if hasattr(index, "search") and len(index) > 0:
+        searcher = index
+    else:
+        ids, emb = doc_embeddings or embed_corpus(model, tokenizer, data, max_length=max_doc_len)
+        searcher = build_index(index, ids, emb)
+    q = encode(model, tokenizer, texts, max_length=max_query_len)  # (Q, D)
+    ranked, _ = searcher.search(q, max(ks))
+    return retrieval_metrics(ranked, relevant, ks)

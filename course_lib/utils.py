@@ -1,0 +1,66 @@
+"""Process set-up shared by every notebook, test and script: threads, seeds, device.
+
+Importing this module sets ``OMP_WAIT_POLICY=PASSIVE`` *before* torch is imported. With OpenMP's default
+(active) wait policy, 2-thread training on a 2-core machine sometimes stalls for seconds per step
+(COURSE_DESIGN.md §9). It also sets ``HF_HUB_OFFLINE=1`` so that any accidental download fails at once
+instead of hanging: this course never fetches anything at run time.
+"""
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import random  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def seed_everything(seed: int, num_threads: int | None = None) -> torch.Generator:
+    """Seed ``random``, numpy and torch, and return a fresh ``torch.Generator`` seeded with ``seed``.
+
+    Use the returned generator for data order (batch sampling), so that model initialisation and data
+    order do not share one random stream. ``num_threads`` (if given) fixes torch's intra-op threads: the
+    same seed on the same machine with the same thread count gives the same metrics.
+    """
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    return torch.Generator().manual_seed(seed)
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """Return ``cuda`` when a GPU is present (or ``prefer`` names one), else ``cpu``.
+
+    ``prefer="cpu"`` forces the CPU; ``prefer="cuda"`` without a GPU raises instead of silently falling back.
+    """
+    if prefer is None:
+        prefer = os.environ.get("COURSE_DEVICE") or None
+    if prefer is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if prefer.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {prefer!r} was requested but torch sees no GPU; use 'cpu' or unset COURSE_DEVICE"
+        )
+    return torch.device(prefer)
+
+
+def cache_dir() -> "os.PathLike[str]":
+    """The git-ignored folder that holds every generated file (data, tokenizers, embeddings).
+
+    ``COURSE_CACHE`` overrides it; by default it is ``.cache/`` at the repository root, resolved from this
+    file and not from the current directory, so notebooks (cwd ``notebooks/``) and tests share one cache.
+    """
+    from pathlib import Path
+
+    root = os.environ.get("COURSE_CACHE")
+    path = Path(root) if root else Path(__file__).resolve().parent.parent / ".cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

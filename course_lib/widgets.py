@@ -1,0 +1,65 @@
+"""Interactive explorers. Each ``explore_*`` draws its figure once directly (so a broken plot raises in the
+cell, where nbmake sees it), then wires the controls with ``interactive_output`` (see STYLE.md: a callback
+that raises inside an Output widget is silently swallowed). Sliders only re-slice precomputed results."""
+
+import ipywidgets as W
+import matplotlib.pyplot as plt
+from IPython.display import display
+
+from course_lib.plots import plot_ranked_scores
+
+
+def _query_view(data, split: str, rankings: dict, method: str, query_index: int, k: int):
+    qids, texts, relevant = data.split_items(split)
+    if method not in rankings:
+        raise ValueError(f"unknown method {method!r}; have {sorted(rankings)}")
+    n_available = len(rankings[method][0][0])
+    if not 0 <= query_index < len(qids):
+        raise ValueError(f"query_index must be in [0, {len(qids) - 1}], got {query_index}")
+    if not 1 <= k <= n_available:
+        raise ValueError(f"k must be in [1, {n_available}] (the rankings hold {n_available}), got {k}")
+    ids, scores = rankings[method]
+    top, top_scores = ids[query_index][:k], scores[query_index][:k]
+    gold = relevant[query_index]
+    rank = next((r + 1 for r, d in enumerate(ids[query_index]) if d in gold), None)
+    fig = plot_ranked_scores([data.corpus[d] for d in top], top_scores, [d in gold for d in top], texts[query_index])
+    where = f"rank {rank}" if rank else f"not in the top {n_available}"
+    summary = f"[{method}] gold: {data.corpus[next(iter(gold))]!r} — {where}"
+    return fig, summary
+
+
+def explore_queries(data, rankings: dict[str, tuple[list[list[str]], object]], split: str = "test", k: int = 10):
+    """Pick a query and a method; see its top-k documents with scores, the relevant one in red.
+
+    ``rankings`` maps a method name to ``(ranked ids, scores)`` for every query of ``split`` in
+    ``data.split_items(split)`` order (what ``index.search`` returns).
+    """
+    qids, _, _ = data.split_items(split)
+    methods = list(rankings)
+    if not methods:
+        raise ValueError("explore_queries needs rankings for at least one method")
+    for name, (ids, _) in rankings.items():
+        if len(ids) != len(qids):
+            raise ValueError(f"rankings[{name!r}] has {len(ids)} rows but split {split!r} has {len(qids)} queries")
+    n_available = min(len(r[0][0]) for r in rankings.values())
+    k = max(1, min(k, n_available))
+    fig, summary = _query_view(data, split, rankings, methods[0], 0, k)  # once directly: errors surface here
+    print(summary)
+    display(fig)
+    plt.close(fig)
+
+    query = W.IntSlider(value=0, min=0, max=len(qids) - 1, description="query", continuous_update=False)
+    method = W.Dropdown(options=methods, value=methods[0], description="method")
+    kk = W.IntSlider(value=k, min=1, max=n_available, description="k", continuous_update=False)
+
+    def show(query_index, method_name, k):
+        fig, summary = _query_view(data, split, rankings, method_name, query_index, k)
+        print(summary)
+        display(fig)
+        plt.close(fig)
+
+    out = W.interactive_output(show, {"query_index": query, "method_name": method, "k": kk})
+    out.layout.min_height = "420px"
+    box = W.VBox([W.HBox([query, method, kk]), out])
+    display(box)
+    return box
