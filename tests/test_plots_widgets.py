@@ -1,0 +1,213 @@
+"""Every plot_* returns a Figure with data in it; explore_queries builds controls whose callback runs."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import ipywidgets as W  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+import course_lib.plots as plots  # noqa: E402
+import course_lib.widgets as widgets  # noqa: E402
+from course_lib.data import RetrievalData  # noqa: E402
+from course_lib.widgets import explore_queries  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def has_data(fig) -> bool:
+    return any(ax.lines or ax.patches or ax.collections for ax in fig.axes)
+
+
+METRICS = {
+    "bm25": {"recall@1": 0.26, "recall@10": 0.78, "recall@100": 0.97, "mrr@10": 0.41},
+    "untrained": {"recall@1": 0.04, "recall@10": 0.09, "recall@100": 0.19, "mrr@10": 0.05},
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# plots
+
+
+def test_every_plot_function_is_covered():
+    names = {n for n in dir(plots) if n.startswith("plot_")}
+    assert names == {"plot_recall_at_k", "plot_ann_tradeoff", "plot_ranked_scores", "plot_length_histogram",
+                     "plot_loss_curve"}, "a new plot_* function needs a test here"
+
+
+def test_plot_recall_at_k():
+    fig = plots.plot_recall_at_k(METRICS)
+    assert isinstance(fig, Figure) and has_data(fig)
+    ax = fig.axes[0]
+    assert len(ax.lines) == 2
+    np.testing.assert_allclose(ax.lines[0].get_xdata(), [1, 10, 100])
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.26, 0.78, 0.97])
+    assert "bm25" in ax.get_legend().get_texts()[0].get_text()
+    # ks restricts the points; an ax can be passed in
+    fig2, ax2 = plt.subplots()
+    assert plots.plot_recall_at_k(METRICS, ks=[1, 10], ax=ax2) is fig2
+    assert list(ax2.lines[0].get_xdata()) == [1, 10]
+
+
+def test_plot_ann_tradeoff():
+    fig = plots.plot_ann_tradeoff([16, 32, 64], [0.9, 0.96, 0.99], [20.0, 35.0, 60.0], exact_ms_per_1k=80.0)
+    assert isinstance(fig, Figure) and has_data(fig)
+    assert len(fig.axes) == 2  # recall on the left axis, time on the right one
+    assert all(ax.lines for ax in fig.axes)
+
+
+def test_plot_ranked_scores():
+    texts = ["dog: a domesticated canid", "cat: a feline", "x" * 200]
+    fig = plots.plot_ranked_scores(texts, np.array([0.9, 0.5, 0.1]), [False, True, False], query="the dog barked")
+    assert isinstance(fig, Figure) and has_data(fig)
+    bars = fig.axes[0].patches
+    assert len(bars) == 3
+    assert sorted(b.get_width() for b in bars) == pytest.approx([0.1, 0.5, 0.9])
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert max(len(label) for label in labels) <= 70  # long texts are shortened
+
+
+def test_plot_length_histogram():
+    fig = plots.plot_length_histogram({"queries": [5, 7, 9, 7], "documents": [12, 20, 40]}, max_length=32)
+    assert isinstance(fig, Figure) and has_data(fig)
+    assert len(fig.axes[0].patches) > 0
+
+
+def test_plot_loss_curve():
+    losses = list(np.linspace(3.0, 1.0, 25))
+    fig = plots.plot_loss_curve(losses, smooth=5)
+    assert isinstance(fig, Figure) and has_data(fig)
+    raw, smooth = fig.axes[0].lines
+    assert len(raw.get_xdata()) == 25 and len(smooth.get_xdata()) == 21  # 'valid' running mean over 5
+    assert isinstance(plots.plot_loss_curve([2.0]), Figure)  # a single value works too
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: plots.plot_recall_at_k({}), "at least one method"),
+        (lambda: plots.plot_ann_tradeoff([], [], [], 1.0), "non-empty and of equal length"),
+        (lambda: plots.plot_ann_tradeoff([16, 32], [0.9], [1.0, 2.0], 1.0), "non-empty and of equal length"),
+        (lambda: plots.plot_ranked_scores([], [], []), "non-empty and of equal length"),
+        (lambda: plots.plot_ranked_scores(["a", "b"], [1.0], [True, False]), "non-empty and of equal length"),
+        (lambda: plots.plot_loss_curve([]), "at least one loss value"),
+    ],
+)
+def test_plot_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# widgets
+
+
+@pytest.fixture
+def tiny():
+    corpus = {
+        "d1": "dog: a domesticated canid",
+        "d2": "cat: a small feline",
+        "d3": "bank: sloping land beside water",
+        "d4": "bank: a financial institution",
+        "d5": "run: move fast on foot",
+        "d6": "run: a score in baseball",
+    }
+    queries = {"test": {"q1": "the dog barked", "q2": "she opened a bank account", "q3": "he scored a run"},
+               "dev": {}, "train": {}}
+    qrels = {"test": {"q1": {"d1"}, "q2": {"d4"}, "q3": {"d6"}}, "dev": {}, "train": {}}
+    return RetrievalData("tiny", "custom", corpus, dict(corpus), queries, qrels, [])
+
+
+def rankings_for(order_by_query: list[list[str]]):
+    scores = np.tile(np.linspace(1.0, 0.5, len(order_by_query[0])), (len(order_by_query), 1))
+    return order_by_query, scores
+
+
+@pytest.fixture
+def rankings():
+    # split_items order: q1, q2, q3
+    return {
+        "good": rankings_for([["d1", "d2", "d3", "d4", "d5", "d6"],
+                              ["d4", "d3", "d1", "d2", "d5", "d6"],
+                              ["d6", "d5", "d1", "d2", "d3", "d4"]]),
+        "bad": rankings_for([["d2", "d3", "d1", "d4"],
+                             ["d3", "d1", "d2", "d5"],
+                             ["d5", "d1", "d2", "d3"]]),
+    }
+
+
+def controls(box):
+    assert isinstance(box, W.VBox)
+    row, out = box.children
+    assert isinstance(out, W.Output)
+    query, method, k = row.children
+    assert isinstance(query, W.IntSlider) and isinstance(method, W.Dropdown) and isinstance(k, W.IntSlider)
+    return query, method, k
+
+
+def test_explore_queries(tiny, rankings, capsys):
+    box = explore_queries(tiny, rankings)
+    query, method, k = controls(box)
+    assert (query.min, query.max) == (0, 2)
+    assert list(method.options) == ["good", "bad"]
+    assert k.max == 4 and k.value == 4  # k is capped by the shortest ranking
+    first = capsys.readouterr().out
+    assert "[good] gold: 'dog: a domesticated canid' — rank 1" in first
+
+    # outside a kernel interactive_output runs the callback right away and re-raises its errors
+    query.value = 1
+    assert "[good] gold: 'bank: a financial institution' — rank 1" in capsys.readouterr().out
+    method.value = "bad"
+    assert "[bad] gold: 'bank: a financial institution' — not in the top 4" in capsys.readouterr().out
+    k.value = 2
+    query.value = 2
+    assert "[bad] gold: 'run: a score in baseball' — not in the top 4" in capsys.readouterr().out
+    method.value = "good"
+    assert "[good] gold: 'run: a score in baseball' — rank 1" in capsys.readouterr().out
+
+
+def test_explore_queries_callback_errors_surface(tiny, rankings, monkeypatch):
+    box = explore_queries(tiny, rankings)
+    query, _, _ = controls(box)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("broken view")
+
+    monkeypatch.setattr(widgets, "_query_view", broken)
+    with pytest.raises(RuntimeError, match="broken view"):
+        query.value = 1
+
+
+def test_query_view_figure(tiny, rankings):
+    fig, summary = widgets._query_view(tiny, "test", rankings, "good", 1, 3)
+    assert isinstance(fig, Figure) and len(fig.axes[0].patches) == 3
+    assert summary.startswith("[good]")
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        widgets._query_view(tiny, "test", rankings, "nope", 0, 3)
+    with pytest.raises(ValueError, match="query_index must be in \\[0, 2\\]"):
+        widgets._query_view(tiny, "test", rankings, "good", 3, 3)
+    with pytest.raises(ValueError, match="k must be in \\[1, 6\\]"):
+        widgets._query_view(tiny, "test", rankings, "good", 0, 7)
+
+
+def test_explore_queries_row_mismatch(tiny, rankings):
+    rankings["bad"] = rankings_for([["d1", "d2"], ["d2", "d1"]])
+    with pytest.raises(ValueError, match="rankings\\['bad'\\] has 2 rows but split 'test' has 3 queries"):
+        explore_queries(tiny, rankings)
+
+
+def test_explore_queries_needs_a_method(tiny):
+    with pytest.raises(ValueError, match="at least one method"):
+        explore_queries(tiny, {})
+
+
+def test_explore_queries_empty_split(tiny, rankings):
+    with pytest.raises(ValueError, match="split 'dev' of 'tiny' has no queries"):
+        explore_queries(tiny, rankings, split="dev")
