@@ -16,17 +16,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
 
 from course_lib.baselines import BM25
 from course_lib.config import get_config
 from course_lib.data import load_dataset
+from course_lib.in_batch import pretrain_simcse, train_in_batch
 from course_lib.index import ExactIndex, HNSWIndex, recall_vs_exact
 from course_lib.metrics import KS, embed_corpus, retrieval_metrics
 from course_lib.models import MINILM_SHA256, encode, encode_cached, load_minilm, make_encoder
 from course_lib.plots import plot_recall_at_k
 from course_lib.tokenizer import load_tokenizer
-from course_lib.utils import seed_everything  # noqa: I001 (sets OMP_WAIT_POLICY before torch is used)
+from course_lib.utils import seed_everything
 
 REPORTED = ("recall@1", "recall@5", "recall@10", "recall@20", "recall@50", "recall@100", "mrr@10", "ndcg@10")
 
@@ -76,7 +78,44 @@ def run_minilm(cfg, data, tokenizer) -> MethodResult:
     return MethodResult(_exact_metrics(doc_ids, doc_emb, q_emb, relevant))
 
 
-METHODS = {"bm25": run_bm25, "untrained": run_untrained, "minilm": run_minilm}
+def _trained_result(cfg, data, tokenizer, model, history) -> MethodResult:
+    doc_ids, doc_emb = embed_corpus(model, tokenizer, data, max_length=cfg.max_doc_len)  # (N, D)
+    _, texts, relevant = data.split_items("test")
+    q_emb = encode(model, tokenizer, texts, max_length=cfg.max_query_len)  # (Q, D)
+    return MethodResult(_exact_metrics(doc_ids, doc_emb, q_emb, relevant), history.train_seconds, history.steps,
+                        embeddings=(doc_ids, doc_emb, q_emb))
+
+
+def run_in_batch(cfg, data, tokenizer) -> MethodResult:
+    """Supervised in-batch softmax on the training pairs (no-duplicate batches), notebook 01."""
+    seed_everything(cfg.seed, cfg.num_threads)
+    model, history = train_in_batch(cfg, data, tokenizer, progress=False)
+    return _trained_result(cfg, data, tokenizer, model, history)
+
+
+def run_in_batch_hardneg(cfg, data, tokenizer) -> MethodResult:
+    """In-batch softmax plus one natural hard negative per query (another sense of its word), notebook 01."""
+    seed_everything(cfg.seed, cfg.num_threads)
+    model, history = train_in_batch(cfg, data, tokenizer, n_hard=1, progress=False)
+    return _trained_result(cfg, data, tokenizer, model, history)
+
+
+def run_simcse_unsup(cfg, data, tokenizer) -> MethodResult:
+    """Unsupervised SimCSE on the document texts only (no labels), notebook 01."""
+    seed_everything(cfg.seed, cfg.num_threads)
+    texts = [data.documents[i] for i in sorted(data.documents)]
+    model, history = pretrain_simcse(cfg, texts, tokenizer, progress=False)
+    return _trained_result(cfg, data, tokenizer, model, history)
+
+
+METHODS = {
+    "bm25": run_bm25,
+    "untrained": run_untrained,
+    "minilm": run_minilm,
+    "simcse_unsup": run_simcse_unsup,
+    "in_batch_hardneg": run_in_batch_hardneg,
+    "in_batch": run_in_batch,
+}
 
 
 def measure_hnsw(cfg, doc_ids, doc_emb, q_emb, source: str, repeats: int = 3) -> dict:
@@ -186,6 +225,7 @@ def run(preset: str, out: Path, methods: list[str] | None = None) -> dict:
     (out / "results.md").write_text(to_markdown(results))
     fig = plot_recall_at_k(results["methods"], title=f"Recall@k, WordNet test split ({preset})")
     fig.savefig(out / "recall_curves.png", dpi=120)
+    plt.close(fig)
     return results
 
 

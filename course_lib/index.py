@@ -8,12 +8,13 @@ HNSW's recall is measured against.
 """
 
 import json
-import os
 from pathlib import Path
 
 import hnswlib
 import numpy as np
 import torch
+
+from course_lib.utils import atomic_path
 
 
 def _as_matrix(vectors, dim: int, what: str = "vectors") -> np.ndarray:
@@ -84,10 +85,8 @@ class ExactIndex(_Base):
         return out_ids, np.concatenate(out_scores)
 
     def save(self, path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"dim": self.dim, "ids": self.ids, "vectors": self.vectors}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save({"dim": self.dim, "ids": self.ids, "vectors": self.vectors}, tmp)
 
     @classmethod
     def load(cls, path) -> "ExactIndex":
@@ -126,22 +125,25 @@ class HNSWIndex(_Base):
     def search(self, vectors, k: int) -> tuple[list[list[str]], np.ndarray]:
         """Approximate top-k ids and scores, best first (ef is raised to k when k is larger)."""
         arr = self._check_search(vectors, k)
-        if self.params["ef"] < k:
-            self._index.set_ef(k)
-        labels, dist = self._index.knn_query(arr, k=k)  # (Q, k) each; hnswlib's ip distance is 1 - <q, v>
-        self._index.set_ef(self.params["ef"])
+        self._index.set_ef(max(self.params["ef"], k))
+        try:
+            labels, dist = self._index.knn_query(arr, k=k)  # (Q, k) each; hnswlib's ip distance is 1 - <q, v>
+        except RuntimeError as e:  # the graph walk found fewer than k neighbours
+            raise ValueError(
+                f"HNSW could not return k={k} neighbours from {len(self)} vectors ({e}); ask for fewer, raise M, "
+                "or use ExactIndex for k close to the index size"
+            ) from None
+        finally:
+            self._index.set_ef(self.params["ef"])
         return [[self.ids[j] for j in row] for row in labels.tolist()], (1.0 - dist).astype(np.float32)
 
     def save(self, path) -> None:
         """Write ``path`` (the graph) and ``path.json`` (ids and parameters)."""
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        self._index.save_index(str(tmp))
-        os.replace(tmp, path)
-        meta = path.with_name(path.name + ".json")
-        meta_tmp = meta.with_name(meta.name + ".tmp")
-        meta_tmp.write_text(json.dumps({"dim": self.dim, "ids": self.ids, "params": self.params}))
-        os.replace(meta_tmp, meta)
+        with atomic_path(path) as tmp:
+            self._index.save_index(str(tmp))
+        with atomic_path(path.with_name(path.name + ".json")) as tmp:
+            tmp.write_text(json.dumps({"dim": self.dim, "ids": self.ids, "params": self.params}))
 
     @classmethod
     def load(cls, path) -> "HNSWIndex":

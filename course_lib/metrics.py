@@ -47,7 +47,8 @@ def ndcg_at_k(ranked: list[list[str]], relevant: list[set[str]], k: int = 10) ->
     _check(ranked, relevant, k)
     scores = []
     for r, rel in zip(ranked, relevant):
-        dcg = sum(1.0 / math.log2(i + 2) for i, d in enumerate(r[:k]) if d in rel)
+        first_seen = {d: i for i, d in reversed(list(enumerate(r[:k])))}  # a repeated id gains only once
+        dcg = sum(1.0 / math.log2(i + 2) for d, i in first_seen.items() if d in rel)
         ideal = sum(1.0 / math.log2(i + 2) for i in range(min(len(rel), k)))
         scores.append(dcg / ideal)
     return float(np.mean(scores))
@@ -118,3 +119,17 @@ def evaluate(
     q = encode(model, tokenizer, texts, max_length=max_query_len)  # (Q, D)
     ranked, _ = searcher.search(q, max(ks))
     return retrieval_metrics(ranked, relevant, ks)
+
+
+def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> float:
+    """Wang & Isola (2020), §4.1, ℓ_align: mean ‖x_i − y_i‖^α over positive pairs of unit vectors (B, D)."""
+    if x.shape != y.shape or x.ndim != 2:
+        raise ValueError(f"x and y must be (B, D) of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    return (x - y).norm(dim=1).pow(alpha).mean().item()
+
+
+def uniformity(x: torch.Tensor, t: float = 2.0) -> float:
+    """Wang & Isola (2020), §4.1, ℓ_uniform: log mean exp(−t‖x_i − x_j‖²) over distinct pairs of unit vectors."""
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"x must be (N, D) with N >= 2, got {tuple(x.shape)}")
+    return torch.pdist(x, p=2).pow(2).mul(-t).exp().mean().log().item()

@@ -8,6 +8,7 @@ et al., 2020, §3.1); with L2-normalised embeddings that is the cosine similarit
 
 import hashlib
 import importlib.util
+import json
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from tqdm.auto import tqdm
 from transformers import BertConfig, BertModel, BertTokenizerFast
 from transformers.utils import logging as hf_logging
 
-from course_lib.utils import get_device
+from course_lib.utils import atomic_path, cache_dir, get_device
 
 POOLINGS = ("mean", "cls")
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -86,7 +87,7 @@ def encode(
     """Embed texts in batches under ``torch.inference_mode``; returns a float32 CPU tensor (N, D).
 
     Texts are sorted by length before batching (less padding, the same result) and returned in input order.
-    The model's train/eval mode is restored afterwards. A GPU is used when present. ``progress=None`` shows a
+    The model's train/eval mode and device are restored afterwards. A GPU is used when present. ``progress=None`` shows a
     tqdm bar for more than 5,000 texts.
     """
     if isinstance(texts, str):
@@ -96,7 +97,7 @@ def encode(
         raise ValueError("encode got an empty list of texts")
     device = torch.device(device) if device is not None else get_device()
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    was_training = model.training
+    was_training, home = model.training, next(model.parameters()).device
     model.eval().to(device)
     out = torch.empty(len(texts), model.dim)
     show = progress if progress is not None else len(texts) > 5000
@@ -108,7 +109,7 @@ def encode(
                 emb = model(**{k: v.to(device) for k, v in batch.items()})  # (b, D)
                 out[idx] = emb.float().cpu()
     finally:
-        model.train(was_training)
+        model.train(was_training).to(home)
     return out
 
 
@@ -118,11 +119,7 @@ def encode_cached(model, tokenizer, texts: list[str], *, key: str, max_length: i
     The cache file is named by a digest of ``key`` (name the model's weights, e.g. their sha256), the texts
     and ``max_length``; a file that fails to load is recomputed.
     """
-    import os
-
-    from course_lib.utils import cache_dir
-
-    digest = hashlib.sha256(f"{key}|{max_length}|".encode() + "\n".join(texts).encode("utf-8")).hexdigest()[:20]
+    digest = hashlib.sha256(json.dumps([key, max_length, list(texts)]).encode("utf-8")).hexdigest()[:20]
     path = Path(cache_dir()) / "embeddings" / f"{digest}.pt"
     if path.exists():
         try:
@@ -132,10 +129,8 @@ def encode_cached(model, tokenizer, texts: list[str], *, key: str, max_length: i
         except Exception:  # truncated or corrupt: recompute below
             pass
     emb = encode(model, tokenizer, texts, max_length=max_length, batch_size=batch_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(emb, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(emb, tmp)
     return emb
 
 

@@ -108,3 +108,75 @@ def plot_loss_curve(losses: list[float], smooth: int = 10, ax=None, label: str =
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def plot_similarity_matrix(logits, n_positive_cols: int | None = None, softmax: bool = True, title: str = "logits",
+                           row_labels=None):
+    """Heatmap of a (B, C) logit matrix with each row's positive (column i) boxed; with ``softmax`` a second
+    panel shows the row-wise softmax, i.e. the probability the loss puts on each candidate. Columns after the
+    first ``n_positive_cols`` (default B) are hard negatives, separated by a vertical line."""
+    import torch
+
+    s = torch.as_tensor(logits, dtype=torch.float32).detach().cpu()
+    if s.ndim != 2 or s.shape[0] == 0 or s.shape[1] < s.shape[0]:
+        raise ValueError(f"logits must be (B, C) with C >= B >= 1, got shape {tuple(s.shape)}")
+    b = s.shape[0]
+    n_pos = b if n_positive_cols is None else n_positive_cols
+    panels = [("logits (similarity / τ)", s, "RdBu_r")]
+    if softmax:
+        panels.append(("row softmax (probabilities)", torch.softmax(s, dim=1), "viridis"))
+    width = min(14.0, 3.0 + 0.25 * s.shape[1]) * len(panels) / 2 + 2
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 0.3 * b + 2.2), squeeze=False)
+    for ax, (name, m, cmap) in zip(axes[0], panels):
+        finite = m[torch.isfinite(m)]
+        lim = float(finite.abs().max()) if finite.numel() else 1.0
+        kw = {"vmin": -lim, "vmax": lim} if cmap == "RdBu_r" else {"vmin": 0.0, "vmax": 1.0}
+        im = ax.imshow(m.numpy(), cmap=cmap, aspect="auto", **kw)
+        for i in range(b):
+            ax.add_patch(matplotlib.patches.Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, ec=GOLD, lw=1.5))
+        if s.shape[1] > n_pos:
+            ax.axvline(n_pos - 0.5, color="k", lw=1)
+        ax.set_xlabel("candidate documents (positives" + (", then hard negatives)" if s.shape[1] > n_pos else ")"))
+        ax.set_ylabel("queries")
+        ax.set_title(name, fontsize=9)
+        ax.grid(False)
+        if row_labels is not None:
+            ax.set_yticks(range(b), [str(t)[:28] for t in row_labels], fontsize=7)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curve(xs, ys: dict[str, list[float]], xlabel: str, ylabel: str, title: str = "", logx: bool = False, ax=None):
+    """One line per named series over shared x values (e.g. recall@10 against batch size)."""
+    if not ys or any(len(v) != len(xs) for v in ys.values()):
+        raise ValueError("ys must map names to lists as long as xs")
+    fig, ax = _axes(ax)
+    for i, (name, vals) in enumerate(ys.items()):
+        ax.plot(xs, vals, marker="o", color=COLORS[i % len(COLORS)], label=name)
+    if logx:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(xs), [str(x) for x in xs])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_align_uniform(points: dict[str, tuple[float, float]], ax=None):
+    """Wang & Isola (2020) alignment (lower: positives closer) against uniformity (lower: embeddings spread
+    over the sphere), one labelled point per model; lower-left is better."""
+    if not points:
+        raise ValueError("plot_align_uniform needs at least one (alignment, uniformity) point")
+    fig, ax = _axes(ax, figsize=(5.2, 4.2))
+    for i, (name, (align, uniform)) in enumerate(points.items()):
+        ax.scatter([uniform], [align], s=60, color=COLORS[i % len(COLORS)], label=name, zorder=3)
+    ax.set_xlabel("ℓ_uniform (lower: more spread out)")
+    ax.set_ylabel("ℓ_align (lower: positives closer)")
+    ax.set_title("Alignment and uniformity")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

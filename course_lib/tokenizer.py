@@ -8,13 +8,13 @@ characters in their own tokens, so Chinese text runs through the same pipeline.
 """
 
 import hashlib
-import os
+import json
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from course_lib.utils import cache_dir
+from course_lib.utils import atomic_path, cache_dir
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -26,12 +26,19 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
         raise ValueError("train_tokenizer needs at least one text; got an empty list")
     if not isinstance(vocab_size, int) or vocab_size < len(SPECIAL_TOKENS) + 100:
         raise ValueError(f"vocab_size must be an int >= {len(SPECIAL_TOKENS) + 100}, got {vocab_size!r}")
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True, handle_chinese_chars=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece(prefix="##")
+    trained = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    trained.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True, handle_chinese_chars=True)
+    trained.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
+    trained.train_from_iterator(texts, trainer=trainer)
+    # The trainer breaks frequency ties in hash-map order, so the same texts give the same token *set* but
+    # different ids from run to run (huggingface/tokenizers#1794). Re-number: special tokens, then sorted.
+    learned = set(trained.get_vocab()) - set(SPECIAL_TOKENS)
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + sorted(learned))}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = trained.normalizer
+    tok.pre_tokenizer = trained.pre_tokenizer
+    tok.decoder = decoders.WordPiece(prefix="##")
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -49,7 +56,13 @@ def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
         cls_token="[CLS]",
         sep_token="[SEP]",
         mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
+
+
+def vocab_digest(tokenizer) -> str:
+    """sha256 of the vocabulary (token → id), as recorded in ``data/manifest_*.json``."""
+    return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode("utf-8")).hexdigest()
 
 
 def load_tokenizer(data, vocab_size: int) -> PreTrainedTokenizerFast:
@@ -67,8 +80,6 @@ def load_tokenizer(data, vocab_size: int) -> PreTrainedTokenizerFast:
         except Exception:  # a truncated or edited file: rebuild it below
             pass
     wrapped = train_tokenizer(texts, vocab_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    wrapped.backend_tokenizer.save(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        wrapped.backend_tokenizer.save(str(tmp))
     return wrapped

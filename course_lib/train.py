@@ -9,13 +9,14 @@ is a cap for slow machines, and the history records which limit stopped the run.
 """
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+
+from course_lib.utils import atomic_path
 
 
 @dataclass
@@ -39,16 +40,13 @@ class History:
 def save_checkpoint(path, model: torch.nn.Module, optimizer=None, step: int = 0, history: History | None = None) -> None:
     """Write a checkpoint atomically: to a temporary file first, then ``os.replace`` onto ``path``, so a crash
     mid-write never leaves a truncated checkpoint behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {"model": model.state_dict(), "step": step}
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
     if history is not None:
         state["history"] = history.as_dict()
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path, model: torch.nn.Module, optimizer=None) -> dict:

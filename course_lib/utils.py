@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import contextlib  # noqa: E402
 import random  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -50,6 +51,24 @@ def get_device(prefer: str | None = None) -> torch.device:
             f"device {prefer!r} was requested but torch sees no GPU; use 'cpu' or unset COURSE_DEVICE"
         )
     return torch.device(prefer)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path next to ``path``; when the block succeeds, move it onto ``path`` with
+    ``os.replace`` (atomic on one file system), and when it fails, delete it. Readers never see a half-written
+    file, and a failed write leaves the old file untouched."""
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def cache_dir() -> "os.PathLike[str]":

@@ -22,6 +22,9 @@
 # about 25 minutes on 2 cores the first time, a few minutes once the MiniLM embeddings are cached.
 
 # %%
+import course_lib  # noqa: F401  first: sets OMP_WAIT_POLICY=PASSIVE before torch loads (2-core stalls otherwise)
+
+# isort: split
 import time
 
 import numpy as np

@@ -155,7 +155,7 @@ def test_manifest_matches_build(data):
     assert recorded["sha256"] == current["sha256"], (
         "the FAST build's content changed; if on purpose, bump BUILD_VERSION and rerun `python -m course_lib.data`"
     )
-    assert recorded == current
+    assert {k: v for k, v in recorded.items() if k != "tokenizer"} == current  # the tokenizer part: test_tokenizer_models
 
 
 def test_load_twice_gives_equal_data(data):

@@ -23,7 +23,7 @@ def close_figures():
 
 
 def has_data(fig) -> bool:
-    return any(ax.lines or ax.patches or ax.collections for ax in fig.axes)
+    return any(ax.lines or ax.patches or ax.collections or ax.images for ax in fig.axes)
 
 
 METRICS = {
@@ -39,7 +39,9 @@ METRICS = {
 def test_every_plot_function_is_covered():
     names = {n for n in dir(plots) if n.startswith("plot_")}
     assert names == {"plot_recall_at_k", "plot_ann_tradeoff", "plot_ranked_scores", "plot_length_histogram",
-                     "plot_loss_curve"}, "a new plot_* function needs a test here"
+                     "plot_loss_curve", "plot_similarity_matrix", "plot_curve", "plot_align_uniform"}, (
+        "a new plot_* function needs a test here"
+    )
 
 
 def test_plot_recall_at_k():
@@ -89,6 +91,36 @@ def test_plot_loss_curve():
     assert isinstance(plots.plot_loss_curve([2.0]), Figure)  # a single value works too
 
 
+def test_plot_similarity_matrix():
+    import torch
+
+    logits = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))  # 3 positives, 2 hard negatives
+    fig = plots.plot_similarity_matrix(logits, n_positive_cols=3, row_labels=["q1", "q2", "q3"])
+    assert isinstance(fig, Figure) and has_data(fig)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 2  # logits and their row softmax
+    np.testing.assert_allclose(panels[0].images[0].get_array(), logits.numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(panels[1].images[0].get_array()).sum(1), 1.0, atol=1e-5)
+    assert all(len(ax.patches) == 3 for ax in panels)  # each row's positive is boxed
+    single = plots.plot_similarity_matrix(np.eye(2), softmax=False)
+    assert len([ax for ax in single.axes if ax.images]) == 1
+
+
+def test_plot_curve():
+    fig = plots.plot_curve([16, 32, 64], {"in-batch": [0.3, 0.4, 0.5], "hard negatives": [0.35, 0.45, 0.55]},
+                           "batch size", "recall@10", logx=True)
+    assert isinstance(fig, Figure) and has_data(fig)
+    assert len(fig.axes[0].lines) == 2
+    assert list(fig.axes[0].lines[1].get_ydata()) == [0.35, 0.45, 0.55]
+
+
+def test_plot_align_uniform():
+    fig = plots.plot_align_uniform({"untrained": (0.2, -0.5), "trained": (0.6, -2.5)})
+    assert isinstance(fig, Figure) and has_data(fig)
+    offsets = [tuple(c.get_offsets()[0]) for c in fig.axes[0].collections]
+    assert offsets == [(-0.5, 0.2), (-2.5, 0.6)]  # x = uniformity, y = alignment
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
@@ -98,6 +130,12 @@ def test_plot_loss_curve():
         (lambda: plots.plot_ranked_scores([], [], []), "non-empty and of equal length"),
         (lambda: plots.plot_ranked_scores(["a", "b"], [1.0], [True, False]), "non-empty and of equal length"),
         (lambda: plots.plot_loss_curve([]), "at least one loss value"),
+        (lambda: plots.plot_similarity_matrix(np.zeros((3, 2))), "C >= B >= 1"),
+        (lambda: plots.plot_similarity_matrix(np.zeros(4)), "C >= B >= 1"),
+        (lambda: plots.plot_similarity_matrix(np.zeros((0, 3))), "C >= B >= 1"),
+        (lambda: plots.plot_curve([1, 2], {}, "x", "y"), "as long as xs"),
+        (lambda: plots.plot_curve([1, 2], {"a": [1.0]}, "x", "y"), "as long as xs"),
+        (lambda: plots.plot_align_uniform({}), "at least one"),
     ],
 )
 def test_plot_errors(call, message):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import course_lib.train as ct
+import course_lib.utils
 from course_lib.config import PRESETS, Config, fast_mode, get_config
 from course_lib.train import History, load_checkpoint, loss_fell, save_checkpoint, train
 from course_lib.utils import seed_everything
@@ -228,7 +229,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     def failing_replace(src, dst):
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(ct.os, "replace", failing_replace)
+    monkeypatch.setattr(course_lib.utils.os, "replace", failing_replace)
     with pytest.raises(OSError, match="simulated"):
         save_checkpoint(path, model, optimizer, step=6)
     monkeypatch.undo()

@@ -1,0 +1,185 @@
+"""Losses of the in-batch negatives family: the softmax over a batch's candidates (InfoNCE /
+MultipleNegativesRankingLoss), its symmetric variant, the additive margin and masking of duplicate positives.
+
+A batch holds B (query, positive) pairs. Every query scores every candidate column: first the B positives,
+then optional hard negatives. Row i's target is column i, and the other columns are its negatives, for free
+(DPR, Karpukhin et al., 2020, §3.2 "in-batch negatives"). The loss is the cross-entropy of the softmax over
+the row, InfoNCE (van den Oord et al., 2018, §2.3) with a temperature τ (SimCSE, Gao et al., 2021, §2, eq. 1).
+The column layout and the symmetric term follow sentence-transformers' ``MultipleNegativesRankingLoss``, the
+margin follows PaddleNLP's in-batch-negatives model; METHODS.md §1 lists the sources and the checks that
+``tests/test_losses.py`` runs.
+"""
+
+import math
+from collections.abc import Hashable, Sequence
+from numbers import Real
+
+import torch
+import torch.nn.functional as F
+
+SIMILARITIES = ("cos", "dot")
+
+
+def _check_number(name: str, value, *, positive: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if positive and not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}; a temperature of 0.05 is scale 20 (τ = 1/scale)")
+
+
+def _check_embeddings(q, d, negatives) -> None:
+    named = [("q", q), ("d", d)] + ([("negatives", negatives)] if negatives is not None else [])
+    for name, t in named:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of embeddings, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}; convert it with .float()")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but q has {q.dtype}; cast all embeddings to one dtype")
+    if q.dim() != 2 or d.dim() != 2:
+        raise ValueError(
+            f"q and d must be 2-D (B, D) embeddings, got shapes {tuple(q.shape)} and {tuple(d.shape)}; "
+            "encode a batch of texts into one row per text"
+        )
+    if q.shape != d.shape:
+        raise ValueError(
+            f"q {tuple(q.shape)} and d {tuple(d.shape)} must have the same shape (B, D): row i of d is the "
+            "positive of row i of q"
+        )
+    B, D = q.shape
+    if B < 1:
+        raise ValueError("the batch is empty (B = 0): the in-batch loss needs at least one (query, positive) pair")
+    if negatives is None:
+        return
+    if negatives.dim() == 3:
+        if negatives.shape[0] != B or negatives.shape[2] != D:
+            raise ValueError(
+                f"per-query negatives must have shape (B, K, D) = ({B}, K, {D}), got {tuple(negatives.shape)}"
+            )
+    elif negatives.dim() == 2:
+        if negatives.shape[1] != D:
+            raise ValueError(f"shared negatives must have shape (M, D) with D = {D}, got {tuple(negatives.shape)}")
+    else:
+        raise ValueError(
+            f"negatives must be (B, K, D) per-query or (M, D) shared embeddings, got {negatives.dim()}-D "
+            f"shape {tuple(negatives.shape)}"
+        )
+
+
+def candidate_columns(d: torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
+    """The candidate columns in sentence-transformers' ``MultipleNegativesRankingLoss`` order (METHODS.md
+    §1(b)): the B positives, then the negatives. Per-query negatives (B, K, D) are laid out in K column blocks,
+    block j holding the j-th negative of every query: ``[d_0..d_{B-1}, n_{0,0}..n_{B-1,0}, n_{0,1}, …]``.
+    Shared negatives (M, D) follow the positives as they are. Returns (B + B·K, D) or (B + M, D)."""
+    if negatives is None:
+        return d  # (B, D)
+    if negatives.dim() == 3:
+        negatives = negatives.transpose(0, 1).reshape(-1, d.shape[1])  # (K·B, D), block j = negatives[:, j]
+    return torch.cat([d, negatives], dim=0)  # (C, D)
+
+
+def similarity_logits(
+    q: torch.Tensor,
+    d: torch.Tensor,
+    negatives: torch.Tensor | None = None,
+    *,
+    temperature: float = 0.05,
+    margin: float = 0.0,
+    similarity: str = "cos",
+) -> torch.Tensor:
+    """The (B, C) logits of the in-batch softmax: ``(S − m·I) / τ`` (METHODS.md §1(a)).
+
+    ``S[i, j]`` is the similarity of query i and candidate column j (``candidate_columns``: B positives, then
+    negatives); ``similarity="cos"`` L2-normalises every embedding first (``F.normalize``, so a zero vector
+    scores 0), ``"dot"`` takes raw inner products (DPR, Karpukhin et al., 2020, §3.1). The additive margin m
+    (PaddleNLP's in-batch-negatives model) is subtracted from each row's positive, column i of row i, before the
+    temperature τ scales everything (scale = 1/τ, SimCSE, Gao et al., 2021, §2, eq. 1). Row i's target is i.
+    """
+    _check_embeddings(q, d, negatives)
+    _check_number("temperature", temperature, positive=True)
+    _check_number("margin", margin)
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    candidates = candidate_columns(d, negatives)  # (C, D)
+    if similarity == "cos":
+        q = F.normalize(q, dim=-1)  # (B, D)
+        candidates = F.normalize(candidates, dim=-1)  # (C, D)
+    scores = q @ candidates.T  # (B, C)
+    if margin:
+        scores = scores - margin * torch.eye(*scores.shape, dtype=scores.dtype, device=scores.device)  # (B, C)
+    return scores / temperature  # (B, C)
+
+
+def duplicate_mask(doc_ids: Sequence[Hashable], batch_size: int, n_columns: int) -> torch.Tensor:
+    """Boolean (B, C) mask of false negatives: True at (i, j) when column j ≠ i carries the id of row i's
+    positive, i.e. the same document appears again in the batch (METHODS.md §1(e): duplicates are false
+    negatives; masking them with −inf is Tom Aarsen's alternative to the no-duplicates sampler).
+
+    ``doc_ids`` names the B positive columns (length B; negative columns are then never masked) or every
+    column in order (length C, the negatives' ids after the positives, in ``candidate_columns`` order).
+    """
+    if isinstance(doc_ids, (str, bytes)) or not isinstance(doc_ids, Sequence):
+        raise TypeError(
+            f"doc_ids must be a sequence (list or tuple) of ids, one per column, got {type(doc_ids).__name__}"
+        )
+    if len(doc_ids) not in (batch_size, n_columns):
+        expected = f"{batch_size}" if batch_size == n_columns else f"{batch_size} (the positives) or {n_columns} (every column)"
+        raise ValueError(
+            f"doc_ids has {len(doc_ids)} ids but the batch has {batch_size} positives and {n_columns} columns; "
+            f"pass {expected} ids, the negatives' ids after the positives' in column order"
+        )
+    codes: dict = {}
+    try:
+        column_codes = [codes.setdefault(i, len(codes)) for i in doc_ids]
+    except TypeError:
+        raise TypeError("doc_ids must be hashable (str or int ids); got an unhashable id") from None
+    # columns without an id get codes no id can have, so they never match
+    column_codes += range(-1, -1 - (n_columns - len(column_codes)), -1)
+    columns = torch.tensor(column_codes)  # (C,)
+    mask = columns[:batch_size, None] == columns[None, :]  # (B, C), row i: same id as positive i
+    return mask & ~torch.eye(batch_size, n_columns, dtype=torch.bool)  # (B, C), the positive itself stays
+
+
+def in_batch_softmax_loss(
+    q: torch.Tensor,
+    d: torch.Tensor,
+    negatives: torch.Tensor | None = None,
+    *,
+    temperature: float = 0.05,
+    margin: float = 0.0,
+    similarity: str = "cos",
+    doc_ids: Sequence[Hashable] | None = None,
+    symmetric: bool = False,
+) -> torch.Tensor:
+    """In-batch negatives softmax loss (InfoNCE / MultipleNegativesRankingLoss), a scalar tensor.
+
+    ``ℓ = (1/B) Σ_i CE(L_i, i)`` over the logits ``L = (S − m·I)/τ`` of ``similarity_logits`` (METHODS.md
+    §1(a); DPR, Karpukhin et al., 2020, §3.2; van den Oord et al., 2018, §2.3). ``q``, ``d``: (B, D), row i of
+    ``d`` is the positive of row i of ``q``; ``negatives``: (B, K, D) per-query hard negatives or (M, D)
+    shared ones, extra columns after the positives.
+
+    ``doc_ids`` (see ``duplicate_mask``) masks with −inf every other column that holds row i's own positive
+    document, so a duplicate is not pushed away as a negative. ``symmetric=True`` averages in the
+    document→query term, ``½[CE(L, arange) + CE(L[:, :B]ᵀ, arange)]`` (MultipleNegativesSymmetricRankingLoss;
+    the backward term uses only the B positive columns); the same ``doc_ids`` mask then also hides other
+    queries whose positive has the same id.
+    """
+    logits = similarity_logits(q, d, negatives, temperature=temperature, margin=margin, similarity=similarity)  # (B, C)
+    B, C = logits.shape
+    if doc_ids is not None:
+        mask = duplicate_mask(doc_ids, B, C).to(logits.device)  # (B, C)
+        logits = logits.masked_fill(mask, float("-inf"))  # (B, C)
+    labels = torch.arange(B, device=logits.device)  # (B,)
+    loss = F.cross_entropy(logits, labels)
+    if symmetric:
+        # document j picks its query among the B queries; the positive block's mask is symmetric
+        loss = 0.5 * (loss + F.cross_entropy(logits[:, :B].T, labels))  # logits[:, :B].T: (B, B)
+    return loss
+
+
+def symmetric_in_batch_loss(q: torch.Tensor, d: torch.Tensor, negatives: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    """The symmetric in-batch loss (MultipleNegativesSymmetricRankingLoss, METHODS.md §1(a)):
+    ``in_batch_softmax_loss(..., symmetric=True)``, with the same keyword arguments."""
+    return in_batch_softmax_loss(q, d, negatives, symmetric=True, **kwargs)
