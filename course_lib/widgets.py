@@ -4,9 +4,10 @@ that raises inside an Output widget is silently swallowed). Sliders only re-slic
 
 import ipywidgets as W
 import matplotlib.pyplot as plt
+import torch
 from IPython.display import display
 
-from course_lib.plots import plot_ranked_scores
+from course_lib.plots import plot_ranked_scores, plot_similarity_matrix
 
 
 def _query_view(data, split: str, rankings: dict, method: str, query_index: int, k: int):
@@ -61,5 +62,41 @@ def explore_queries(data, rankings: dict[str, tuple[list[list[str]], object]], s
     out = W.interactive_output(show, {"query_index": query, "method_name": method, "k": kk})
     out.layout.min_height = "420px"
     box = W.VBox([W.HBox([query, method, kk]), out])
+    display(box)
+    return box
+
+
+def _temperature_view(q, d, negatives, temperature: float, title_prefix: str = ""):
+    from course_lib.losses import in_batch_softmax_loss, similarity_logits
+
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logits = similarity_logits(q, d, negatives, temperature=temperature)  # (B, C)
+    loss = in_batch_softmax_loss(q, d, negatives, temperature=temperature).item()
+    p_pos = torch.softmax(logits, dim=1).diagonal().mean().item()
+    fig = plot_similarity_matrix(logits, n_positive_cols=q.shape[0],
+                                 title=f"{title_prefix}τ = {temperature:.3g} (scale {1 / temperature:.3g}): "
+                                       f"loss {loss:.3f}, mean p(positive) {p_pos:.2f}")
+    return fig, loss
+
+
+def explore_temperature(q, d, negatives=None, temperature: float = 0.05, title_prefix: str = ""):
+    """A temperature slider (log scale, clamped to [0.005, 2]) over a fixed batch of embeddings: redraws the
+    logits and their row softmax and prints the in-batch loss. Sharper τ puts all the mass on the top column."""
+    temperature = float(min(max(temperature, 0.005), 2.0))
+    fig, _ = _temperature_view(q, d, negatives, temperature, title_prefix)  # once directly
+    display(fig)
+    plt.close(fig)
+    slider = W.FloatLogSlider(value=temperature, base=10, min=-2.3, max=0.3, step=0.05, description="τ",
+                              continuous_update=False, readout_format=".3f")
+
+    def show(temperature):
+        fig, _ = _temperature_view(q, d, negatives, temperature, title_prefix)
+        display(fig)
+        plt.close(fig)
+
+    out = W.interactive_output(show, {"temperature": slider})
+    out.layout.min_height = "360px"
+    box = W.VBox([slider, out])
     display(box)
     return box
