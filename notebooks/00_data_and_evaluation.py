@@ -348,5 +348,8 @@ explorer = explore_queries(data, rankings, split="test", k=10)
 #    this say about where BM25's strength comes from?
 # 4. **Break HNSW.** Find the largest `ef` (try 1, 2, 4, …) at which `recall_vs_exact` at k=10 falls below 0.9.
 #    Check: `hnsw.set_ef(my_ef); assert recall_vs_exact(hnsw.search(q_emb, 10)[0], exact10, 10) < 0.9`.
-# 5. **Popularity.** Rank, for each test query, only by sense popularity (`data.popularity`) among the senses
-#    of the words in the query, and measure MRR@10 with `mrr_at_k`. Check: `assert my_mrr10 > results["untrained"]["mrr@10"]`.
+# 5. **The most frequent sense.** Without any model: for each test query, collect the senses of every word in
+#    it (`data.senses.get(word, [])`, keeping those in `data.corpus`), rank them by `data.popularity`, and
+#    score the rankings with `mrr_at_k`. Check: `assert my_mrr10 > results["bm25"]["mrr@10"]`. In word-sense
+#    disambiguation this "most frequent sense" heuristic is a famously hard baseline; what does that say
+#    about the hard negatives of this task?
