@@ -10,11 +10,14 @@ import Stemmer
 class BM25:
     """BM25 over a corpus dict; ``search(texts, k)`` returns ranked doc ids and scores like the indexes do."""
 
-    def __init__(self, corpus: dict[str, str], k1: float = 1.5, b: float = 0.75):
+    def __init__(self, corpus: dict[str, str], k1: float = 1.5, b: float = 0.75, stemmer: str | None = "english"):
+        """``stemmer`` names a Snowball stemmer (PyStemmer), or ``None`` to match words as they are."""
         if not corpus:
             raise ValueError("BM25 needs a non-empty corpus")
+        if stemmer is not None and stemmer not in Stemmer.algorithms():
+            raise ValueError(f"unknown stemmer {stemmer!r}; use None or one of {Stemmer.algorithms()}")
         self.ids = sorted(corpus)
-        self._stemmer = Stemmer.Stemmer("english")
+        self._stemmer = Stemmer.Stemmer(stemmer) if stemmer else None
         tokens = bm25s.tokenize([corpus[i] for i in self.ids], stopwords="en", stemmer=self._stemmer,
                                 show_progress=False)
         self._bm25 = bm25s.BM25(k1=k1, b=b)

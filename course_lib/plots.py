@@ -94,15 +94,20 @@ def plot_length_histogram(lengths: dict[str, list[int]], max_length: int | None 
     return fig
 
 
-def plot_loss_curve(losses: list[float], smooth: int = 10, ax=None, label: str = "training loss"):
-    """Per-step loss (faint) and its running mean over ``smooth`` steps."""
+def plot_loss_curve(losses: list[float], smooth: int = 10, ax=None, label: str = "training loss",
+                    reference: float | None = None, reference_label: str = "ln B (uniform guessing)"):
+    """Per-step loss (faint) and its running mean over ``smooth`` steps; ``reference`` draws a dashed level,
+    e.g. ln B, the loss of a model that scores every candidate alike (a collapsed encoder sits there)."""
     if not losses:
         raise ValueError("plot_loss_curve needs at least one loss value")
     fig, ax = _axes(ax)
     steps = np.arange(1, len(losses) + 1)
-    ax.plot(steps, losses, alpha=0.3, color=COLORS[0])
+    ax.plot(steps, losses, alpha=0.3, color=COLORS[0], label=f"{label}, per step")
     w = max(1, min(smooth, len(losses)))
-    ax.plot(steps[w - 1 :], np.convolve(losses, np.ones(w) / w, mode="valid"), color=COLORS[0], label=label)
+    ax.plot(steps[w - 1 :], np.convolve(losses, np.ones(w) / w, mode="valid"), color=COLORS[0],
+            label=f"{label}, mean of {w} steps")
+    if reference is not None:
+        ax.axhline(reference, color="k", ls="--", lw=1, label=reference_label)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend()
@@ -112,9 +117,10 @@ def plot_loss_curve(losses: list[float], smooth: int = 10, ax=None, label: str =
 
 def plot_similarity_matrix(logits, n_positive_cols: int | None = None, softmax: bool = True, title: str = "logits",
                            row_labels=None):
-    """Heatmap of a (B, C) logit matrix with each row's positive (column i) boxed; with ``softmax`` a second
-    panel shows the row-wise softmax, i.e. the probability the loss puts on each candidate. Columns after the
-    first ``n_positive_cols`` (default B) are hard negatives, separated by a vertical line."""
+    """Heatmap of a (B, C) logit matrix with each row's positive (column i) boxed in red; with ``softmax`` a
+    second panel shows the row-wise softmax, i.e. the probability the loss puts on each candidate. Columns
+    after the first ``n_positive_cols`` (default B) are hard negatives, separated by a vertical line; when they
+    come in blocks of B (one per query), each row's own hard negatives are boxed with dashes."""
     import torch
 
     s = torch.as_tensor(logits, dtype=torch.float32).detach().cpu()
@@ -134,6 +140,9 @@ def plot_similarity_matrix(logits, n_positive_cols: int | None = None, softmax: 
         im = ax.imshow(m.numpy(), cmap=cmap, aspect="auto", **kw)
         for i in range(b):
             ax.add_patch(matplotlib.patches.Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, ec=GOLD, lw=1.5))
+            # per-query hard negatives (column blocks of B): box each row's own, dashed
+            for col in range(n_pos + i, s.shape[1], b) if (s.shape[1] - n_pos) % b == 0 else ():
+                ax.add_patch(matplotlib.patches.Rectangle((col - 0.5, i - 0.5), 1, 1, fill=False, ec="k", lw=1, ls="--"))
         if s.shape[1] > n_pos:
             ax.axvline(n_pos - 0.5, color="k", lw=1)
         ax.set_xlabel("candidate documents (positives" + (", then hard negatives)" if s.shape[1] > n_pos else ")"))

@@ -23,7 +23,8 @@ def _query_view(data, split: str, rankings: dict, method: str, query_index: int,
     top, top_scores = ids[query_index][:k], scores[query_index][:k]
     gold = relevant[query_index]
     rank = next((r + 1 for r, d in enumerate(ids[query_index]) if d in gold), None)
-    fig = plot_ranked_scores([data.corpus[d] for d in top], top_scores, [d in gold for d in top], texts[query_index])
+    fig = plot_ranked_scores([data.corpus[d] for d in top], top_scores, [d in gold for d in top],
+                             f"{texts[query_index]}  [{method}; red = relevant]")
     where = f"rank {rank}" if rank else f"not in the top {n_available}"
     summary = f"[{method}] gold: {data.corpus[next(iter(gold))]!r} — {where}"
     return fig, summary

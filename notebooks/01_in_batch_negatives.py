@@ -54,16 +54,16 @@ TEMPERATURE = 0.05  # τ; sentence-transformers calls 1/τ the "scale" (20 here)
 cfg = get_config(PRESET)
 generator = seed_everything(cfg.seed, cfg.num_threads)
 FAST = cfg.preset == "fast"
-SWEEP_STEPS = 20 if FAST else 300  # each run of the batch-size, hard-negative and SimCSE comparisons
-STEPS = 2 * SWEEP_STEPS  # the main run (B = 64), evaluated at SWEEP_STEPS and at the end
-BATCH_SIZES = (16, 32, 64)
+SWEEP_STEPS = 15 if FAST else 300  # each run of the batch-size, hard-negative and SimCSE comparisons
+STEPS = 2 * SWEEP_STEPS  # the main run, evaluated at SWEEP_STEPS and at the end
+BATCH_SIZES = (8, 16, 32)  # the last one is the main run's batch size
 data = load_dataset("wordnet", cfg.preset)
 tokenizer = load_tokenizer(data, cfg.vocab_size)
 print(cfg.preset, data)
 
 
 def test_metrics(model):
-    """Recall@k, MRR@10, nDCG@10 of an encoder on the test split (exact search)."""
+    """Recall@k, MRR@10, nDCG@10 of an encoder on the test split (exact search over the corpus)."""
     return evaluate(model, data, "test", tokenizer=tokenizer, max_query_len=cfg.max_query_len, max_doc_len=cfg.max_doc_len)
 
 
@@ -135,7 +135,7 @@ fig = plot_similarity_matrix(similarity_logits(q, d, temperature=TEMPERATURE), t
 
 # %% [markdown]
 # Hard negatives become extra columns shared by all rows: B × B(1 + k). Here k = 1, another sense of the
-# query's word, right of the line.
+# query's word, right of the line; each row's own hard negative is boxed with dashes.
 
 # %%
 fig = plot_similarity_matrix(similarity_logits(q, d, n[:, None], temperature=TEMPERATURE),
@@ -144,17 +144,24 @@ fig = plot_similarity_matrix(similarity_logits(q, d, n[:, None], temperature=TEM
 # %% [markdown]
 # ## 3. Temperature
 #
-# Dividing by τ sharpens the softmax: with cosine scores in [−1, 1] and τ = 1 the probabilities can barely
-# move away from uniform, so the loss cannot drop far below ln B; with τ = 0.05 (scale 20) a small score gap
-# becomes a confident choice. The values in common use: SimCSE 0.05, sentence-transformers scale 20 (0.05),
+# Dividing by τ sharpens the softmax. Cosine scores live in [−1, 1], so τ bounds how confident the loss can
+# ever be: the best possible arrangement puts each positive at cosine 1 and the B − 1 other documents at
+# cosine −1/(B − 1) (a regular simplex), which gives the floor ln(1 + (B − 1)·exp(−B / ((B − 1)τ))). At τ = 1
+# that floor is barely a nat below ln B; at τ = 0.05 (scale 20) it is essentially 0, and a small score gap
+# becomes a confident choice. Values in common use: SimCSE 0.05, sentence-transformers scale 20 (0.05),
 # SimBERT scale 30, BGE 0.02 (METHODS.md §1).
 
 # %%
 q_unit, d_unit = F.normalize(q, dim=-1), F.normalize(d, dim=-1)
-perfect = in_batch_softmax_loss(d_unit, d_unit, temperature=1.0).item()  # every query equal to its positive
-print(f"lowest possible loss at τ = 1 for this batch: {perfect:.3f} (ln B = {math.log(SHOW_B):.3f})")
+print(f"ln B = {math.log(SHOW_B):.3f}")
 for tau in (0.01, 0.05, 0.2, 1.0):
-    print(f"τ = {tau:<5} loss {in_batch_softmax_loss(q, d, temperature=tau):.3f}")
+    floor = math.log(1 + (SHOW_B - 1) * math.exp(-SHOW_B / ((SHOW_B - 1) * tau)))
+    print(f"τ = {tau:<5} lowest possible loss {floor:.3f}   this untrained batch {in_batch_softmax_loss(q, d, temperature=tau):.3f}")
+
+# %% [markdown]
+# On the untrained batch a small τ does not help: the scores are noise, and a sharp softmax makes the noise
+# confident, so at τ = 0.01 the loss is *above* ln B (wrong columns win with high probability). Temperature
+# amplifies whatever the scores say; training has to make them say the right thing.
 
 # %% [markdown]
 # Move the slider to see the row softmax sharpen and flatten (the batch is fixed: nothing retrains).
@@ -196,13 +203,14 @@ def row_loss(i, drop=None):
     return F.cross_entropy(logits[i, cols][None], torch.tensor([cols.index(i)]))
 
 
-drop = {0: 3, 3: 0}  # row 0 loses the duplicate column 3, row 3 loses column 0
-deleted = torch.stack([row_loss(i, drop.get(i)) for i in range(SHOW_B)]).mean()
+dropped_col = {0: 3, 3: 0}  # row 0 loses the duplicate column 3, row 3 loses column 0
+deleted = torch.stack([row_loss(i, dropped_col.get(i)) for i in range(SHOW_B)]).mean()
 print(f"unmasked {plain:.4f}   masked {masked:.4f}   deleted {deleted:.4f}")
 
 # %% [markdown]
 # **Checker:** masking equals deleting. The no-duplicate sampler avoids the problem upstream: none of its
-# batches holds a repeated positive.
+# batches holds a repeated positive (or a repeated query text). `train_in_batch` does both: no-duplicate
+# batches, and `doc_ids` masking for any positive that returns as another query's hard negative.
 
 # %%
 torch.testing.assert_close(masked, deleted)
@@ -214,9 +222,10 @@ print("masked == deleted; 300 no-duplicate batches hold no repeated positive")
 # ## 5. Two variants: the symmetric loss and the additive margin
 #
 # - **Symmetric** (sentence-transformers' MNSRL): also ask each *document* to pick its query among all
-#   queries, ℓ = ½[CE(S) + CE(Sᵀ)].
+#   queries, ℓ = ½[CE(S/τ) + CE(Sᵀ/τ)].
 # - **Additive margin** (PaddleNLP): subtract m from the positive's score before scaling, so a positive must
-#   win by at least m: logits = (S − m·I)/τ.
+#   win by at least m: logits = (S − m·I)/τ. With m = 0.2 and τ = 0.05 that is m/τ = 4 nats taken from each
+#   positive logit, which is why the untrained loss jumps.
 
 # %%
 S = q_unit @ d_unit.T  # (B, B) cosine similarities
@@ -231,18 +240,20 @@ print(f"plain {in_batch_softmax_loss(q, d, temperature=TEMPERATURE):.3f}  symmet
 # %% [markdown]
 # ## 6. Train
 #
-# The library's loop (`course_lib.in_batch.train_in_batch`): no-duplicate batches of 64, AdamW, τ = 0.05,
-# mean pooling, a fixed number of steps. We evaluate on the test split halfway and at the end.
+# The library's loop (`course_lib.in_batch.train_in_batch`): no-duplicate batches, AdamW, τ = 0.05, mean
+# pooling, a fixed number of steps, evaluated halfway and at the end. (Every setting in this notebook is fixed
+# in advance and nothing is tuned, so comparisons use the test split; to tune, use `data.queries["dev"]`.)
 
 # %%
+MAIN_B = BATCH_SIZES[-1]
 seed_everything(cfg.seed, cfg.num_threads)
 untrained = make_encoder(cfg, tokenizer)
 before = test_metrics(untrained)
 seed_everything(cfg.seed, cfg.num_threads)
-trained, history = train_in_batch(cfg, data, tokenizer, steps=STEPS, batch_size=64,
+trained, history = train_in_batch(cfg, data, tokenizer, steps=STEPS, batch_size=MAIN_B,
                                   eval_fn=test_metrics, eval_every=SWEEP_STEPS)
 after = history.evals[-1]
-fig = plot_loss_curve(history.losses, label="in-batch softmax, B = 64")
+fig = plot_loss_curve(history.losses, label=f"in-batch softmax, B = {MAIN_B}", reference=math.log(MAIN_B))
 print(f"{history.steps} steps in {history.train_seconds:.0f} s; loss {np.mean(history.losses[:10]):.2f} → "
       f"{np.mean(history.losses[-10:]):.2f}")
 for name, m in [("untrained", before)] + [(f"step {e['step']}", e) for e in history.evals]:
@@ -265,18 +276,24 @@ fig = plot_similarity_matrix(similarity_logits(q_t, d_t, n_t[:, None], temperatu
 # %% [markdown]
 # ## 7. Batch size: more negatives per step
 #
-# Same number of steps, three batch sizes: a larger batch gives each query more negatives per update (and
-# costs more per step). DPR's Table 3 saw the same trend on NQ (top-20 from 69.1 at batch 8 to 73.0 at 128
-# with in-batch negatives).
+# Same number of steps, three batch sizes: a larger batch gives each query more negatives per
+# update, and costs more per step. Note the confound: at equal steps the larger batch also *sees more
+# training pairs*; exercise 4 separates the two. DPR's Table 3 compares at equal epochs and also finds that
+# more in-batch negatives help (NQ dev top-20 69.1 with batch 8 → 73.0 with batch 128).
 
 # %%
-sweep = {64: history.evals[0]}  # the main run, evaluated at SWEEP_STEPS
+# the main run's evaluation at SWEEP_STEPS is the largest batch's point: same seed, constant learning rate,
+# so its first SWEEP_STEPS steps are exactly a SWEEP_STEPS-step run
+sweep = {MAIN_B: history.evals[0]}
+ms_per_step = {MAIN_B: 1000 * history.train_seconds / history.steps}
 for bs in BATCH_SIZES[:-1]:
     seed_everything(cfg.seed, cfg.num_threads)
     m_bs, h_bs = train_in_batch(cfg, data, tokenizer, steps=SWEEP_STEPS, batch_size=bs, progress=False)
     sweep[bs] = test_metrics(m_bs)
+    ms_per_step[bs] = 1000 * h_bs.train_seconds / h_bs.steps
 for bs in BATCH_SIZES:
-    print(f"B = {bs:>3}: R@10 {sweep[bs]['recall@10']:.3f}  MRR@10 {sweep[bs]['mrr@10']:.3f}  ({SWEEP_STEPS} steps)")
+    print(f"B = {bs:>3}: R@10 {sweep[bs]['recall@10']:.3f}  MRR@10 {sweep[bs]['mrr@10']:.3f}  "
+          f"({SWEEP_STEPS} steps, {ms_per_step[bs]:.0f} ms per step)")
 fig = plot_curve(BATCH_SIZES, {"recall@10": [sweep[b]["recall@10"] for b in BATCH_SIZES],
                                "MRR@10": [sweep[b]["mrr@10"] for b in BATCH_SIZES]},
                  xlabel="batch size B", ylabel="test metric", logx=True,
@@ -289,22 +306,24 @@ assert sweep[BATCH_SIZES[-1]]["recall@10"] > sweep[BATCH_SIZES[0]]["recall@10"],
 # ## 8. Hard negatives as extra columns (supervised SimCSE)
 #
 # Supervised SimCSE (Gao et al., 2021, §4) adds one hard negative per query as an extra column; ours is a
-# natural one, another sense of the query's word. Same steps and batch size as the B = 32 run above.
+# natural one, another sense of the query's word. Same steps and batch size as the B = 16 run above.
 
 # %%
+HB = BATCH_SIZES[1]
 seed_everything(cfg.seed, cfg.num_threads)
-m_hard, h_hard = train_in_batch(cfg, data, tokenizer, steps=SWEEP_STEPS, batch_size=32, n_hard=1, progress=False)
+m_hard, h_hard = train_in_batch(cfg, data, tokenizer, steps=SWEEP_STEPS, batch_size=HB, n_hard=1, progress=False)
 hard = test_metrics(m_hard)
-print(f"B = 32 + 1 hard negative: R@10 {hard['recall@10']:.3f}  MRR@10 {hard['mrr@10']:.3f}   vs in-batch "
-      f"only: R@10 {sweep[32]['recall@10']:.3f}  MRR@10 {sweep[32]['mrr@10']:.3f}  ({SWEEP_STEPS} steps each)")
-verdict = "helped" if hard["mrr@10"] > sweep[32]["mrr@10"] else "did not help"
-print(f"at equal steps, the natural hard negative {verdict} (MRR@10 {hard['mrr@10'] - sweep[32]['mrr@10']:+.3f}), "
-      f"at {h_hard.train_seconds / SWEEP_STEPS * 1000:.0f} ms per step")
+print(f"B = {HB} + 1 hard negative: R@10 {hard['recall@10']:.3f}  MRR@10 {hard['mrr@10']:.3f}   vs in-batch "
+      f"only: R@10 {sweep[HB]['recall@10']:.3f}  MRR@10 {sweep[HB]['mrr@10']:.3f}  ({SWEEP_STEPS} steps each)")
+verdict = "helped" if hard["mrr@10"] > sweep[HB]["mrr@10"] else "did not help"
+print(f"at equal steps, the natural hard negative {verdict} (MRR@10 {hard['mrr@10'] - sweep[HB]['mrr@10']:+.3f}), "
+      f"at {1000 * h_hard.train_seconds / h_hard.steps:.0f} ms per step vs {ms_per_step[HB]:.0f} without")
 
 # %% [markdown]
-# Each step now encodes 32 more documents, so a hard-negative step costs more than a plain one. On this task
-# natural hard negatives are not always informative: some senses of a word are near-synonyms (WordNet splits
-# senses finely), so the "negative" is sometimes a false negative. Whether the extra column pays for itself
+# Each step now encodes B more documents, so a hard-negative step costs more than a plain one (printed
+# above). And natural hard negatives are not always informative: WordNet splits senses finely, so some
+# "negatives" are near-synonyms of the positive, in effect false negatives. The trained heatmap in section 6
+# shows rows that put real probability on their own hard-negative column (right of the line). Whether the extra column pays for itself
 # depends on the budget and on how the negatives are chosen: notebook 05 returns to this with mined negatives
 # and false-negative filters.
 #
@@ -312,7 +331,8 @@ print(f"at equal steps, the natural hard negative {verdict} (MRR@10 {hard['mrr@1
 #
 # Unsupervised SimCSE passes each text *twice* through the encoder in train mode. Dropout draws a different
 # mask per element each time, so the two embeddings differ slightly, and the pair (view 1, view 2) of the same
-# text is the positive; the other texts in the batch are the negatives. No labels at all.
+# text is the positive; the other texts in the batch are the negatives. No labels at all. We pretrain on the
+# document texts (every gloss, the test ones included, as unsupervised pretraining may; no query is seen).
 
 # %%
 seed_everything(cfg.seed, cfg.num_threads)
@@ -331,8 +351,15 @@ seed_everything(cfg.seed, cfg.num_threads)
 corpus_texts = [data.documents[i] for i in sorted(data.documents)]
 simcse, h_simcse = pretrain_simcse(cfg, corpus_texts, tokenizer, steps=SWEEP_STEPS, batch_size=32, progress=False)
 simcse_m = test_metrics(simcse)
-print(f"unsupervised SimCSE, {h_simcse.steps} steps on document texts: R@10 {simcse_m['recall@10']:.3f}  "
-      f"MRR@10 {simcse_m['mrr@10']:.3f}   (untrained R@10 {before['recall@10']:.3f})")
+print(f"SimCSE loss {np.mean(h_simcse.losses[:3]):.3f} → {np.mean(h_simcse.losses[-3:]):.4f} (ln B = {math.log(32):.2f}: "
+      "no collapse; the task of matching a text to itself is easy)")
+print(f"unsupervised SimCSE, {h_simcse.steps} steps: test R@10 {simcse_m['recall@10']:.3f}  MRR@10 {simcse_m['mrr@10']:.3f}"
+      f"   vs untrained R@10 {before['recall@10']:.3f}  MRR@10 {before['mrr@10']:.3f}")
+
+# %% [markdown]
+# Matching a gloss to itself is not matching an example sentence to its gloss: unsupervised SimCSE barely
+# moves retrieval here (compare the two lines above). What it does change is the *geometry*, as the next
+# section shows.
 
 # %% [markdown]
 # ## 10. Alignment and uniformity
@@ -346,20 +373,27 @@ print(f"unsupervised SimCSE, {h_simcse.steps} steps on document texts: R@10 {sim
 _, test_texts, test_relevant = data.split_items("test")
 gold_texts = [data.corpus[next(iter(rel))] for rel in test_relevant]
 sample_docs = [data.corpus[i] for i in sorted(data.corpus)[:500]]
-points = {}
+points, pairs = {}, {}
 for name, enc in (("untrained", untrained), ("SimCSE unsup.", simcse), ("in-batch", trained)):
     qe = encode(enc, tokenizer, test_texts, max_length=cfg.max_query_len)  # (Q, D)
     ge = encode(enc, tokenizer, gold_texts, max_length=cfg.max_doc_len)  # (Q, D)
+    pairs[name] = (qe, ge)
     points[name] = (alignment(qe, ge), uniformity(encode(enc, tokenizer, sample_docs, max_length=cfg.max_doc_len)))
     print(f"{name:>14}: align {points[name][0]:.3f}   uniform {points[name][1]:.3f}")
 fig = plot_align_uniform(points)
 
 # %% [markdown]
 # The untrained encoder has near-perfect "alignment" only because it maps *everything* to about the same point
-# (uniformity near 0, its worst). Compare the two trained points: unsupervised SimCSE never sees a query, so
-# what it can improve is uniformity; supervised in-batch training pulls the (query, gold) pairs together.
+# (uniformity near 0, its worst): alignment means something only next to uniformity. Both trained encoders
+# spread the embeddings out; SimCSE, which never sees a query, spreads them most, while supervised training
+# keeps the (query, gold) pairs closer (lower ℓ_align). What retrieval needs is the *gap* between a query's
+# similarity to its gold document and to a random one:
 
 # %%
+for name, (qe, ge) in pairs.items():
+    gold_cos, random_cos = (qe * ge).sum(1).mean(), (qe * ge.roll(1, 0)).sum(1).mean()
+    print(f"{name:>14}: mean cos(query, gold) {gold_cos:.3f}   mean cos(query, random doc) {random_cos:.3f}   "
+          f"gap {gold_cos - random_cos:.3f}")
 assert points["in-batch"][1] < points["untrained"][1], "training should spread the embeddings out"
 
 # %% [markdown]
@@ -402,15 +436,18 @@ fig = plot_recall_at_k(results, title=f"Test split ({cfg.preset}, {len(test_text
 #
 # ## Exercises
 #
-# 1. **Scale is 1/τ.** Check that the library at τ = 0.05 matches sentence-transformers' convention of
-#    `scale = 20`: `assert torch.isclose(in_batch_softmax_loss(q, d, temperature=1/20), F.cross_entropy(20 * q_unit @ d_unit.T, torch.arange(SHOW_B)))`.
+# 1. **Scale is 1/τ.** Compare the library with the peer implementation: `from sentence_transformers.losses
+#    import MultipleNegativesRankingLoss`, build it with `scale=20` around any module
+#    (`MultipleNegativesRankingLoss(torch.nn.Module(), scale=20)`), and call
+#    `.compute_loss_from_embeddings([q, d], None)`. Check: `assert torch.isclose(peer, in_batch_softmax_loss(q, d, temperature=0.05))`.
 # 2. **Collapse.** Make every query and document embedding the same vector. Check that the loss is exactly
 #    ln B and the uniformity is 0: `assert abs(loss - math.log(SHOW_B)) < 1e-5 and abs(uniformity(same)) < 1e-6`.
-# 3. **Too warm.** Train `SWEEP_STEPS` steps with `cfg.replace(temperature=1.0)` at B = 32. Check that it
-#    learns less than τ = 0.05: `assert test_metrics(m_warm)["recall@10"] < sweep[32]["recall@10"]`.
-# 4. **Symmetric training.** Train with `train_in_batch(..., symmetric=True)` for `SWEEP_STEPS` steps at
-#    B = 32 and compare with `sweep[32]`. Check that it beats the untrained encoder:
-#    `assert test_metrics(m_sym)["mrr@10"] > before["mrr@10"]`; is it better or worse than the one-way loss?
-# 5. **Where the false negatives are.** Count the training pairs whose query text appears with two different
-#    positives (`collections.Counter` over `t.query`). Check: `assert n_ambiguous > 0`, then read a few: are
-#    they really different senses?
+# 3. **Too warm.** Train `SWEEP_STEPS` steps with `cfg.replace(temperature=1.0)` at B = 32. Check that its
+#    training loss never gets near 0: `assert min(h_warm.losses) > 1.0` — why can it not (section 3)? Is its
+#    MRR@10 above or below `sweep[32]`?
+# 4. **Equal examples, not equal steps.** Train B = 8 for `4 * SWEEP_STEPS` steps, so it sees as many pairs
+#    as B = 32 did in `SWEEP_STEPS`. Check it learned: `assert test_metrics(m8)["mrr@10"] > sweep[8]["mrr@10"]`.
+#    Is it now as good as `sweep[32]`? What does that say about "more negatives per step"?
+# 5. **Where the false negatives are.** Collect, for each training query text, the set of its positives
+#    (`collections.defaultdict(set)`), and count the texts with two or more. Check: `assert n_ambiguous > 0`,
+#    then read a few: are they really different senses?
