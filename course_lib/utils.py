@@ -71,6 +71,21 @@ def atomic_path(path):
             tmp.unlink()
 
 
+def package_dir(module: str, pip_spec: str, what: str):
+    """Folder of an installed package that ships data files, found without importing it; a missing package
+    raises ``ModuleNotFoundError`` that says how to install it."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"{what} comes from the PyPI package '{pip_spec}', which is not installed. Install it with: "
+            f"python -m pip install {pip_spec} (or python -m pip install -r requirements.txt)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 def cache_dir() -> "os.PathLike[str]":
     """The git-ignored folder that holds every generated file (data, tokenizers, embeddings).
 

