@@ -181,7 +181,7 @@ def to_markdown(results: dict) -> str:
     h = results["hnsw"]
     lines += ["", f"HNSW (M={h['params']['M']}, ef_construction={h['params']['ef_construction']}, ef={h['params']['ef']}) "
               f"on {h['n_vectors']} vectors ({h['embeddings']}): recall@10 vs exact {h['recall_at_10_vs_exact']:.4f}, "
-              f"{h['speedup_vs_exact']:.1f}× faster than exact search "
+              f"{h['speedup_vs_exact']:.1f}× the speed of exact search "
               f"({h['hnsw_ms_per_1k_queries']:.1f} vs {h['exact_ms_per_1k_queries']:.1f} ms per 1,000 queries)."]
     return "\n".join(lines) + "\n"
 
