@@ -37,3 +37,18 @@ class BM25:
         tokens = bm25s.tokenize(list(texts), stopwords="en", stemmer=self._stemmer, show_progress=False)
         docs, scores = self._bm25.retrieve(tokens, k=k, show_progress=False, n_threads=1)  # (Q, k) each
         return [[self.ids[j] for j in row] for row in docs.tolist()], scores
+
+
+def minilm_embeddings(data, split: str = "test"):
+    """all-MiniLM-L6-v2 zero-shot embeddings of the corpus and of a split's queries, cached on disk (MiniLM
+    encodes only ~60–130 short texts/s on 2 CPU cores, so the first call on a corpus takes a while).
+
+    Returns ``(doc_ids, doc_emb (N, 384), query_emb (Q, 384))``, queries in ``data.split_items(split)`` order.
+    """
+    from course_lib.models import MINILM_SHA256, encode_cached, load_minilm
+
+    model, tok = load_minilm()
+    doc_ids = sorted(data.corpus)
+    _, texts, _ = data.split_items(split)
+    doc_emb = encode_cached(model, tok, [data.corpus[i] for i in doc_ids], key=MINILM_SHA256, max_length=128)
+    return doc_ids, doc_emb, encode_cached(model, tok, texts, key=MINILM_SHA256, max_length=128)

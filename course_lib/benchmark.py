@@ -19,13 +19,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from course_lib.baselines import BM25
+from course_lib.baselines import BM25, minilm_embeddings
 from course_lib.config import get_config
 from course_lib.data import load_dataset
 from course_lib.in_batch import pretrain_simcse, train_in_batch
 from course_lib.index import ExactIndex, HNSWIndex, recall_vs_exact
 from course_lib.metrics import KS, embed_corpus, retrieval_metrics
-from course_lib.models import MINILM_SHA256, encode, encode_cached, load_minilm, make_encoder
+from course_lib.models import encode, make_encoder
 from course_lib.plots import plot_recall_at_k
 from course_lib.tokenizer import load_tokenizer
 from course_lib.utils import seed_everything
@@ -70,12 +70,8 @@ def run_untrained(cfg, data, tokenizer) -> MethodResult:
 
 def run_minilm(cfg, data, tokenizer) -> MethodResult:
     """all-MiniLM-L6-v2 zero-shot (its own tokenizer; embeddings cached on disk)."""
-    model, tok = load_minilm()
-    doc_ids = sorted(data.corpus)
-    _, texts, relevant = data.split_items("test")
-    doc_emb = encode_cached(model, tok, [data.corpus[i] for i in doc_ids], key=MINILM_SHA256, max_length=128)
-    q_emb = encode_cached(model, tok, texts, key=MINILM_SHA256, max_length=128)
-    return MethodResult(_exact_metrics(doc_ids, doc_emb, q_emb, relevant))
+    doc_ids, doc_emb, q_emb = minilm_embeddings(data, "test")
+    return MethodResult(_exact_metrics(doc_ids, doc_emb, q_emb, data.split_items("test")[2]))
 
 
 def _trained_result(cfg, data, tokenizer, model, history) -> MethodResult:

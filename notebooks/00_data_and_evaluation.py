@@ -17,9 +17,10 @@
 # Metrics as in BEIR (Thakur et al., 2021). HNSW (Malkov & Yashunin, 2018). BM25 (Robertson & Zaragoza, 2009).
 # all-MiniLM-L6-v2 (Reimers & Gurevych, Sentence-BERT, 2019; Wang et al., MiniLM, 2020).
 #
-# **Run time:** FAST preset (`COURSE_FAST=1`, used by the tests) about a minute on 2 CPU cores, most of it
-# MiniLM encoding the corpus once (its embeddings are then cached on disk); full preset (all 117,659 synsets)
-# about 25 minutes on 2 cores the first time, a few minutes once the MiniLM embeddings are cached.
+# **Run time:** FAST preset (`COURSE_FAST=1`, used by the tests) about 35 s on 2 CPU cores once MiniLM's
+# embeddings of the corpus are cached on disk, about 2 minutes the very first time (MiniLM encodes only ~60–130
+# texts/s on 2 cores; `pytest` computes them in `tests/test_minilm_baseline.py` before the notebooks run).
+# Full preset (all 117,659 synsets): about 40 minutes on 2 cores the first time, a few minutes afterwards.
 
 # %%
 import course_lib  # noqa: F401  first: sets OMP_WAIT_POLICY=PASSIVE before torch loads (2-core stalls otherwise)
@@ -30,12 +31,12 @@ import time
 import numpy as np
 import torch
 
-from course_lib.baselines import BM25
+from course_lib.baselines import BM25, minilm_embeddings
 from course_lib.config import get_config
 from course_lib.data import load_dataset, parse_synsets, split_gloss, wordnet_dir
 from course_lib.index import ExactIndex, HNSWIndex, recall_vs_exact
 from course_lib.metrics import KS, embed_corpus, mrr_at_k, ndcg_at_k, recall_at_k, retrieval_metrics
-from course_lib.models import MINILM_SHA256, encode, encode_cached, load_minilm, make_encoder
+from course_lib.models import encode, make_encoder
 from course_lib.plots import plot_ann_tradeoff, plot_length_histogram, plot_recall_at_k
 from course_lib.tokenizer import load_tokenizer
 from course_lib.utils import seed_everything
@@ -303,9 +304,7 @@ rankings["bm25"] = bm25.search(test_texts, k)
 rankings["untrained"] = (exact_ranked, exact_scores)
 
 t0 = time.perf_counter()
-minilm, minilm_tok = load_minilm()
-m_docs = encode_cached(minilm, minilm_tok, doc_texts, key=MINILM_SHA256, max_length=128)  # (N, 384)
-m_queries = encode_cached(minilm, minilm_tok, test_texts, key=MINILM_SHA256, max_length=128)  # (Q, 384)
+_, m_docs, m_queries = minilm_embeddings(data, "test")  # (N, 384), (Q, 384); cached on disk
 m_index = ExactIndex(m_docs.shape[1])
 m_index.add(doc_ids, m_docs)
 rankings["minilm"] = m_index.search(m_queries, k)

@@ -26,14 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from course_lib.baselines import BM25
+from course_lib.baselines import BM25, minilm_embeddings
 from course_lib.config import get_config
 from course_lib.data import NoDuplicateBatchSampler, RandomBatchSampler, load_dataset
 from course_lib.in_batch import pair_batches, pretrain_simcse, train_in_batch
 from course_lib.index import ExactIndex
 from course_lib.losses import in_batch_softmax_loss, similarity_logits
 from course_lib.metrics import KS, alignment, evaluate, retrieval_metrics, uniformity
-from course_lib.models import MINILM_SHA256, encode, encode_cached, load_minilm, make_encoder
+from course_lib.models import encode, make_encoder
 from course_lib.plots import (
     plot_align_uniform,
     plot_curve,
@@ -407,10 +407,10 @@ doc_ids = sorted(data.corpus)
 results = {"untrained": before, "SimCSE unsup.": simcse_m, f"in-batch ({STEPS} steps)": after}
 bm25_ranked, _ = BM25(data.corpus).search(test_texts, max(KS))
 results["bm25"] = retrieval_metrics(bm25_ranked, test_relevant, KS)
-minilm, minilm_tok = load_minilm()
-m_index = ExactIndex(384)
-m_index.add(doc_ids, encode_cached(minilm, minilm_tok, [data.corpus[i] for i in doc_ids], key=MINILM_SHA256, max_length=128))
-m_ranked, _ = m_index.search(encode_cached(minilm, minilm_tok, test_texts, key=MINILM_SHA256, max_length=128), max(KS))
+_, m_docs, m_queries = minilm_embeddings(data, "test")  # (N, 384), (Q, 384); cached on disk
+m_index = ExactIndex(m_docs.shape[1])
+m_index.add(doc_ids, m_docs)
+m_ranked, _ = m_index.search(m_queries, max(KS))
 results["minilm"] = retrieval_metrics(m_ranked, test_relevant, KS)
 for name, m in results.items():
     print(f"{name:>22}: R@1 {m['recall@1']:.3f}  R@10 {m['recall@10']:.3f}  MRR@10 {m['mrr@10']:.3f}")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import course_lib.data as cd
 from course_lib.data import (
     RetrievalData,
     TrainExample,
