@@ -38,10 +38,7 @@ class Config:
     temperature: float = 0.05
     train_steps: int = 300  # the budget that makes runs reproducible
     train_seconds: float = 180.0  # a wall-clock cap on top, for slow machines (the steps normally bind)
-    eval_every_steps: int = 100
-    # evaluation
-    eval_batch_size: int = 256
-    ks: tuple = (1, 5, 10, 20, 50, 100)
+    # approximate search (HNSW, Malkov & Yashunin, 2018)
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 128
@@ -65,7 +62,6 @@ PRESETS = {
         lr=1e-3,
         train_steps=800,
         train_seconds=900.0,
-        eval_every_steps=400,
     ),
 }
 
