@@ -97,17 +97,20 @@ class ExactIndex(_Base):
 
 
 class HNSWIndex(_Base):
-    """Approximate inner-product search with hnswlib. ``seed`` fixes the level assignment; with
-    ``num_threads=1`` (the default) the graph, and so every result, is reproducible."""
+    """Approximate inner-product search with hnswlib. ``seed`` fixes the level assignment; building with
+    ``num_threads=1`` (the default) makes the graph, and so every result, reproducible. Queries are
+    independent of each other, so searching uses ``search_threads`` (default: torch's thread count, as exact
+    search does) without changing any result."""
 
     def __init__(self, dim: int, M: int = 16, ef_construction: int = 200, ef: int = 64, seed: int = 0,
-                 num_threads: int = 1):
+                 num_threads: int = 1, search_threads: int | None = None):
         super().__init__(dim)
-        self.params = {"M": M, "ef_construction": ef_construction, "ef": ef, "seed": seed, "num_threads": num_threads}
+        search_threads = search_threads or torch.get_num_threads()
+        self.params = {"M": M, "ef_construction": ef_construction, "ef": ef, "seed": seed, "num_threads": num_threads,
+                       "search_threads": search_threads}
         self._index = hnswlib.Index(space="ip", dim=dim)
         self._index.init_index(max_elements=1024, ef_construction=ef_construction, M=M, random_seed=seed)
         self._index.set_ef(ef)
-        self._index.set_num_threads(num_threads)
 
     def set_ef(self, ef: int) -> None:
         """Search breadth: higher is slower and closer to exact."""
@@ -119,6 +122,7 @@ class HNSWIndex(_Base):
         needed = len(self) + arr.shape[0]
         if needed > self._index.get_max_elements():
             self._index.resize_index(max(needed, 2 * self._index.get_max_elements()))
+        self._index.set_num_threads(self.params["num_threads"])
         self._index.add_items(arr, np.arange(len(self), needed))
         self.ids.extend(ids)
 
@@ -126,6 +130,7 @@ class HNSWIndex(_Base):
         """Approximate top-k ids and scores, best first (ef is raised to k when k is larger)."""
         arr = self._check_search(vectors, k)
         self._index.set_ef(max(self.params["ef"], k))
+        self._index.set_num_threads(self.params["search_threads"])
         try:
             labels, dist = self._index.knn_query(arr, k=k)  # (Q, k) each; hnswlib's ip distance is 1 - <q, v>
         except RuntimeError as e:  # the graph walk found fewer than k neighbours
@@ -152,7 +157,6 @@ class HNSWIndex(_Base):
         index = cls(meta["dim"], **meta["params"])
         index._index.load_index(str(path), max_elements=max(len(meta["ids"]), 1))
         index._index.set_ef(meta["params"]["ef"])
-        index._index.set_num_threads(meta["params"]["num_threads"])
         index.ids = list(meta["ids"])
         return index
 

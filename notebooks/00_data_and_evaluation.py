@@ -245,8 +245,8 @@ print("hand-written top-k == course_lib.index.ExactIndex")
 # %% [markdown]
 # Brute force costs O(N) per query. **HNSW** builds a layered graph of near neighbours and walks it greedily;
 # `ef` sets how many candidates the walk keeps, trading recall for speed. We measure recall@10 *against exact
-# search* (not against the gold labels) and the time per 1,000 queries. (Exact search runs on torch's two
-# threads, HNSW on one, so that its graph, and every result, is reproducible.)
+# search* (not against the gold labels) and the time per 1,000 queries. (HNSW builds its graph on one thread,
+# so that the graph, and every result, is reproducible; both searches use torch's two threads.)
 
 # %%
 def ms_per_1k(search, repeats=3):
