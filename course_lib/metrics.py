@@ -5,9 +5,13 @@ Information Retrieval*, 2008, §8.4 and §8.4's nDCG; BEIR, Thakur et al., 2021,
 - Recall@k = |relevant ∩ top-k| / |relevant|
 - MRR@k = 1 / rank of the first relevant document in the top k (0 if none)
 - nDCG@k = Σ_{i≤k} rel_i / log2(i + 1), divided by its value for an ideal ranking
+
+and, for generated text, a word-overlap F1 (``token_f1``).
 """
 
 import math
+import re
+from collections import Counter
 
 import numpy as np
 import torch
@@ -133,3 +137,25 @@ def uniformity(x: torch.Tensor, t: float = 2.0) -> float:
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"x must be (N, D) with N >= 2, got {tuple(x.shape)}")
     return torch.pdist(x, p=2).pow(2).mul(-t).exp().mean().log().item()
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Word-overlap F1 of a generated text against a reference, as SQuAD scores answers (Rajpurkar et al.,
+    2016, §6): lower-cased ``\\w+`` words, counted with multiplicity; 0 when either side has no word."""
+    pred, ref = _words(prediction), _words(reference)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if not common:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def mean_token_f1(predictions: list[str], references: list[str]) -> float:
+    """``token_f1`` averaged over pairs."""
+    if len(predictions) != len(references) or not predictions:
+        raise ValueError(f"need as many predictions as references, at least one; got {len(predictions)} and {len(references)}")
+    return sum(token_f1(p, r) for p, r in zip(predictions, references)) / len(predictions)

@@ -49,11 +49,12 @@ class Encoder(torch.nn.Module):
         return F.normalize(pooled, dim=-1) if self.normalize else pooled  # (B, D)
 
 
-def make_encoder(cfg, tokenizer) -> Encoder:
-    """A randomly initialised encoder sized by the preset (FAST: 2 layers, hidden 128, 2 heads, FFN 512)."""
+def bert_config(cfg, tokenizer) -> BertConfig:
+    """The ``BertConfig`` of the course encoder, sized by the preset (FAST: 2 layers, hidden 128, 2 heads,
+    FFN 512) with the tokenizer's vocabulary."""
     if cfg.hidden_size % cfg.num_heads:
         raise ValueError(f"hidden_size {cfg.hidden_size} is not divisible by num_heads {cfg.num_heads}")
-    bert_cfg = BertConfig(
+    return BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
         num_hidden_layers=cfg.num_layers,
@@ -64,7 +65,11 @@ def make_encoder(cfg, tokenizer) -> Encoder:
         max_position_embeddings=2 * max(cfg.max_query_len, cfg.max_doc_len) + 32,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return Encoder(BertModel(bert_cfg, add_pooling_layer=False), pooling=cfg.pooling, normalize=True)
+
+
+def make_encoder(cfg, tokenizer) -> Encoder:
+    """A randomly initialised encoder sized by the preset, with the preset's pooling and L2 normalisation."""
+    return Encoder(BertModel(bert_config(cfg, tokenizer), add_pooling_layer=False), pooling=cfg.pooling, normalize=True)
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:

@@ -1,0 +1,335 @@
+"""SimBERT: one BERT that both retrieves and generates, trained through the UniLM sequence-to-sequence mask.
+
+SimBERT (Su, 2020, ZhuiyiTechnology/simbert; blog kexue.fm/archives/7427) feeds every pair of similar
+sentences (A, B) as two rows, ``[CLS] A [SEP] B [SEP]`` and ``[CLS] B [SEP] A [SEP]``, through one BERT under
+the UniLM mask (Dong et al., 2019, §2.3; ``course_lib.masks.unilm_mask``) and adds two losses:
+
+* **seq2seq**: predict each segment-B token from the previous position (B is generated from A);
+* **similarity**: the [CLS] vector through a *linear* pooler, L2-normalised, against every other row of the
+  batch, scale 30, its own row masked, the partner row (i XOR 1) as the target.
+
+Segment-A rows never see segment B, so the [CLS] output of ``[CLS] A [SEP] B [SEP]`` equals that of
+``[CLS] A [SEP]`` alone: the similarity loss rides on the seq2seq forward pass for free, and at inference a
+sentence is encoded alone (METHODS.md §2).
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import BertModel
+
+from course_lib.data import NoDuplicateBatchSampler, TrainExample
+from course_lib.masks import attention_bias, unilm_mask
+from course_lib.models import bert_config
+from course_lib.train import History, train
+from course_lib.utils import get_device
+
+PAIR_KINDS = ("gloss", "example", "both")
+
+
+@dataclass(frozen=True)
+class SimPair:
+    """Two texts that mean the same thing; ``group`` (the synset id) keeps duplicates out of a batch."""
+
+    a: str
+    b: str
+    group: str
+
+
+def make_pairs(data, kind: str = "gloss") -> list[SimPair]:
+    """Similar-sentence pairs from the training split.
+
+    ``"gloss"``: an example sentence and its sense's gloss ("the nascent chicks" ↔ "nascent: being born or
+    beginning"), one per training example. ``"example"``: two example sentences of the same sense, chained
+    (e0 ↔ e1, e1 ↔ e2, ...) for senses with several. ``"both"``: the two lists together.
+    """
+    if kind not in PAIR_KINDS:
+        raise ValueError(f"kind must be one of {PAIR_KINDS}, got {kind!r}")
+    pairs = []
+    if kind in ("gloss", "both"):
+        pairs += [SimPair(e.query, data.documents[e.positive], e.positive) for e in data.train]
+    if kind in ("example", "both"):
+        by_sense: dict[str, list[str]] = {}
+        for e in data.train:
+            by_sense.setdefault(e.positive, []).append(e.query)
+        pairs += [SimPair(x, y, sid) for sid, texts in by_sense.items() for x, y in zip(texts, texts[1:])]
+    if not pairs:
+        raise ValueError(f"no {kind!r} pairs: data.train is empty or has no sense with two examples")
+    return pairs
+
+
+class LMHead(torch.nn.Module):
+    """BERT's masked-LM head: dense → GELU → LayerNorm → a decoder whose weight *is* the word-embedding table
+    (tied, as in BERT, Devlin et al., 2019, §A.2), plus a bias per token."""
+
+    def __init__(self, word_embeddings: torch.nn.Embedding, layer_norm_eps: float = 1e-12):
+        super().__init__()
+        vocab, hidden = word_embeddings.weight.shape
+        self.dense = torch.nn.Linear(hidden, hidden)
+        self.norm = torch.nn.LayerNorm(hidden, eps=layer_norm_eps)
+        self.word_embeddings = word_embeddings  # shared with the encoder, not a copy
+        self.bias = torch.nn.Parameter(torch.zeros(vocab))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        h = self.norm(F.gelu(self.dense(hidden)))  # (..., H)
+        return h @ self.word_embeddings.weight.T + self.bias  # (..., V)
+
+
+class SimBERT(torch.nn.Module):
+    """The shared BERT, a linear pooler on [CLS] for similarity, and an LM head for generation.
+
+    ``forward(input_ids, attention_mask)`` is the retrieval encoder (a sentence alone, segment 0, plain mask →
+    L2-normalised pooled [CLS]), so ``course_lib.models.encode`` and ``course_lib.metrics.evaluate`` take a
+    SimBERT like any other encoder. ``seq2seq_hidden`` runs pair rows under the UniLM mask.
+    """
+
+    def __init__(self, bert: BertModel):
+        super().__init__()
+        self.bert = bert
+        hidden = bert.config.hidden_size
+        self.pooler = torch.nn.Linear(hidden, hidden)  # linear, no tanh (METHODS.md §2(e), RoFormer_pytorch #22)
+        self.lm_head = LMHead(bert.get_input_embeddings(), bert.config.layer_norm_eps)
+
+    @property
+    def dim(self) -> int:
+        return self.bert.config.hidden_size
+
+    def sentence_vector(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Pooled, L2-normalised [CLS] vector (B, H) from last hidden states (B, L, H)."""
+        return F.normalize(self.pooler(hidden[:, 0]), dim=-1)  # (B, H)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
+        return self.sentence_vector(hidden)  # (B, H)
+
+    def seq2seq_hidden(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Last hidden states (B, L, H) of ``[CLS] A [SEP] B [SEP]`` rows under the UniLM mask."""
+        bias = attention_bias(unilm_mask(token_type_ids, attention_mask), self.bert.dtype)  # (B, 1, L, L)
+        return self.bert(
+            input_ids=input_ids, attention_mask=bias, token_type_ids=token_type_ids, position_ids=position_ids
+        ).last_hidden_state  # (B, L, H)
+
+
+def make_simbert(cfg, tokenizer) -> SimBERT:
+    """A randomly initialised SimBERT with the course encoder's size (``course_lib.models.bert_config``)."""
+    return SimBERT(BertModel(bert_config(cfg, tokenizer), add_pooling_layer=False))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Batches and losses
+
+
+def pair_rows(tokenizer, pairs: list[SimPair], max_length: int) -> dict[str, torch.Tensor]:
+    """Tokens (2n, L) for n pairs: row 2k is ``[CLS] A [SEP] B [SEP]``, row 2k+1 is ``[CLS] B [SEP] A [SEP]``
+    (partners adjacent), with ``token_type_ids`` 0 on the first sentence and 1 on the second; each row is
+    truncated to ``max_length`` tokens, the longer sentence first."""
+    first = [t for p in pairs for t in (p.a, p.b)]
+    second = [t for p in pairs for t in (p.b, p.a)]
+    enc = tokenizer(first, second, padding=True, truncation="longest_first", max_length=max_length,
+                    return_token_type_ids=True, return_tensors="pt")
+    return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def simbert_similarity_loss(cls: torch.Tensor, scale: float = 30.0) -> torch.Tensor:
+    """SimBERT's similarity loss over a batch of 2n pooled [CLS] vectors (2n, H), partners adjacent.
+
+    u = v/‖v‖; S = scale·(U Uᵀ − 10¹²·I) (own row removed *before* scaling, as the reference does); the target
+    of row i is its partner i XOR 1; mean cross-entropy over rows (METHODS.md §2(a)).
+    """
+    if cls.dim() != 2:
+        raise ValueError(f"cls must be (2n, H), got shape {tuple(cls.shape)}")
+    n = cls.shape[0]
+    if n < 2 or n % 2:
+        raise ValueError(f"the batch must hold partner rows two by two (even size >= 2), got {n} rows")
+    u = F.normalize(cls, dim=-1)  # (2n, H)
+    eye = torch.eye(n, dtype=u.dtype, device=u.device)  # (2n, 2n)
+    logits = scale * (u @ u.T - 1e12 * eye)  # (2n, 2n); a row can never pick itself
+    labels = torch.arange(n, device=u.device) ^ 1  # 0↔1, 2↔3, ...
+    return F.cross_entropy(logits, labels)
+
+
+def seq2seq_targets(input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """BoolTensor (B, L−1): True at position t−1 when token t is a non-pad segment-1 token, i.e. the
+    positions whose hidden state predicts the next token of B (its first token from A's [SEP], its final
+    [SEP] from B's last word)."""
+    return (token_type_ids[:, 1:] == 1) & attention_mask[:, 1:].bool()  # (B, L-1)
+
+
+def seq2seq_loss(model: SimBERT, hidden: torch.Tensor, input_ids, token_type_ids, attention_mask) -> torch.Tensor:
+    """Mean token cross-entropy of segment B given A (METHODS.md §2(a)); the LM head runs only on the
+    predicting positions, which saves most of its (·, V) matmul."""
+    where = seq2seq_targets(input_ids, token_type_ids, attention_mask)  # (B, L-1)
+    logits = model.lm_head(hidden[:, :-1][where])  # (T, V), T = number of segment-1 tokens
+    return F.cross_entropy(logits, input_ids[:, 1:][where])
+
+
+def simbert_step(scale: float = 30.0):
+    """A ``step_fn`` for ``course_lib.train.train``: one UniLM forward pass, loss = seq2seq + similarity
+    (unweighted, as in the reference). The two parts are appended to ``step.parts`` for plotting."""
+
+    def step(model, batch):
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        hidden = model.seq2seq_hidden(**batch)  # (2n, L, H)
+        sim = simbert_similarity_loss(model.pooler(hidden[:, 0]), scale)
+        s2s = seq2seq_loss(model, hidden, batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+        step.parts["similarity"].append(sim.item())
+        step.parts["seq2seq"].append(s2s.item())
+        return sim + s2s
+
+    step.parts = {"similarity": [], "seq2seq": []}
+    return step
+
+
+def train_simbert(
+    cfg,
+    data,
+    tokenizer,
+    *,
+    pairs: list[SimPair] | None = None,
+    model: SimBERT | None = None,
+    batch_size: int | None = None,
+    steps: int | None = None,
+    scale: float = 30.0,
+    generator: torch.Generator | None = None,
+    eval_fn=None,
+    eval_every: int | None = None,
+    progress: bool = True,
+) -> tuple[SimBERT, History, dict[str, list[float]]]:
+    """Joint seq2seq + similarity training on ``pairs`` (default: example ↔ gloss from ``data.train``).
+
+    ``batch_size`` counts pairs (each gives two rows), so SimBERT sees as many pairs per step as the in-batch
+    model with the same ``batch_size``. Returns the model, the loop's history (total loss) and the two loss
+    parts per step.
+    """
+    pairs = pairs if pairs is not None else make_pairs(data, "gloss")
+    device = get_device()
+    model = (model or make_simbert(cfg, tokenizer)).to(device)
+    generator = generator or torch.Generator().manual_seed(cfg.seed)
+    batch_size = batch_size or cfg.batch_size
+    sampler = NoDuplicateBatchSampler([TrainExample(p.a, p.group) for p in pairs], batch_size, generator)
+    max_length = cfg.max_query_len + cfg.max_doc_len
+    step = simbert_step(scale)
+    history = train(
+        model,
+        step,
+        (pair_rows(tokenizer, [pairs[i] for i in idx], max_length) for idx in sampler),
+        optimizer=torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01),
+        max_steps=steps or cfg.train_steps,
+        time_budget_s=cfg.train_seconds,
+        eval_fn=eval_fn,
+        eval_every=eval_every,
+        progress=progress,
+        desc=f"SimBERT {batch_size} pairs",
+    )
+    return model, history, step.parts
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Generation and similar-sentence search
+
+
+def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Keep the ``top_k`` largest logits per row (0 = all), then the smallest set whose probability reaches
+    ``top_p`` (nucleus sampling, Holtzman et al., 2020, §3.1); the rest become −inf."""
+    if top_k:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (n, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (n, V)
+        cum = sorted_logits.softmax(-1).cumsum(-1)  # (n, V)
+        drop_sorted = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token already reaches top_p
+        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)  # back to vocabulary order
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+@torch.inference_mode()
+def generate(
+    model: SimBERT,
+    tokenizer,
+    texts: list[str],
+    *,
+    max_new_tokens: int = 32,
+    max_length: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> list[str]:
+    """Generate segment B for each text A, greedily or by sampling, until [SEP] or ``max_new_tokens``.
+
+    All texts decode together: row r is ``[CLS] A_r [SEP] <pads> b_1 … b_t`` with segment 0 then 1, the pads
+    hidden by the mask and the position ids of b continuing right after A_r's [SEP], so every row computes
+    exactly what it would alone. Special tokens other than [SEP] are never produced. Sampling divides the
+    logits by ``temperature`` and then applies ``top_k`` / ``top_p``; pass a seeded CPU ``generator`` for
+    reproducible samples.
+    """
+    if isinstance(texts, str):
+        raise TypeError("generate expects a list of texts, not a single string; wrap it: [text]")
+    if not texts:
+        raise ValueError("generate got an empty list of texts")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if do_sample and not temperature > 0:
+        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = no top-k filter), got {top_k}")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    src, src_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # (n, La)
+    n, la = src.shape
+    src_len = src_mask.sum(1)  # (n,)
+    banned = torch.tensor([i for i in tokenizer.all_special_ids if i != tokenizer.sep_token_id], device=device)
+    out = torch.empty(n, 0, dtype=torch.long, device=device)  # (n, t) generated so far
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    try:
+        for t in range(max_new_tokens):
+            ids = torch.cat([src, out], 1)  # (n, La + t)
+            mask = torch.cat([src_mask, torch.ones_like(out)], 1)  # (n, La + t)
+            seg = torch.cat([torch.zeros_like(src), torch.ones_like(out)], 1)  # (n, La + t)
+            pos = torch.cat([torch.arange(la, device=device).expand(n, -1), src_len[:, None] + torch.arange(t, device=device)], 1)
+            hidden = model.seq2seq_hidden(ids, mask, seg, position_ids=pos)  # (n, La + t, H)
+            # the next token is predicted at the last real position: A's [SEP] at step 0, then b_t
+            last = hidden[:, -1] if t else hidden[torch.arange(n, device=device), src_len - 1]  # (n, H)
+            logits = model.lm_head(last).float()  # (n, V)
+            logits[:, banned] = float("-inf")
+            if do_sample:
+                probs = _filter_logits(logits / temperature, top_k, top_p).softmax(-1)  # (n, V)
+                nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)  # (n,)
+            else:
+                nxt = logits.argmax(-1)  # (n,)
+            nxt = torch.where(done, torch.full_like(nxt, tokenizer.sep_token_id), nxt)
+            out = torch.cat([out, nxt[:, None]], 1)
+            done |= nxt == tokenizer.sep_token_id
+            if done.all():
+                break
+    finally:
+        model.train(was_training)
+    return [tokenizer.decode(row, skip_special_tokens=True) for row in out.cpu()]
+
+
+def similar_sentences(model, tokenizer, query: str, candidates: list[str], k: int = 5, max_length: int = 48) -> list[tuple[str, float]]:
+    """The ``k`` candidates closest to ``query`` by the model's sentence vectors (cosine), best first."""
+    from course_lib.models import encode
+
+    if not candidates:
+        raise ValueError("similar_sentences needs at least one candidate")
+    if not 1 <= k <= len(candidates):
+        raise ValueError(f"k must be between 1 and the {len(candidates)} candidates, got {k}")
+    q = encode(model, tokenizer, [query], max_length=max_length)  # (1, H)
+    c = encode(model, tokenizer, list(candidates), max_length=max_length)  # (N, H)
+    scores, idx = (c @ q[0]).topk(k)  # (k,)
+    return [(candidates[i], s) for i, s in zip(idx.tolist(), scores.tolist())]

@@ -1,0 +1,257 @@
+"""SimBERT: pairs and rows, the similarity loss, seq2seq targets, the [CLS]-invariance check (METHODS.md
+§2(c) 2–4), generation (batched = one by one, sampling filters) and a short training run."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_lib.config import get_config
+from course_lib.data import load_dataset
+from course_lib.metrics import evaluate, mean_token_f1, token_f1
+from course_lib.models import encode
+from course_lib.simbert import (
+    SimPair,
+    _filter_logits,
+    generate,
+    make_pairs,
+    make_simbert,
+    pair_rows,
+    seq2seq_loss,
+    seq2seq_targets,
+    similar_sentences,
+    simbert_similarity_loss,
+    train_simbert,
+)
+from course_lib.tokenizer import load_tokenizer
+from course_lib.utils import seed_everything
+
+CFG = get_config("fast")
+PAIRS = [
+    SimPair("the nascent chicks", "nascent: being born or beginning", "s1"),
+    SimPair("a parturient heifer", "parturient: giving birth", "s2"),
+    SimPair("he deposited the cheque at the bank", "bank: a financial institution that accepts deposits", "s3"),
+]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    data = load_dataset("wordnet", "fast")
+    return data, load_tokenizer(data, CFG.vocab_size)
+
+
+@pytest.fixture(scope="module")
+def model(setup):
+    seed_everything(0)
+    return make_simbert(CFG.replace(dropout=0.1), setup[1]).eval()
+
+
+def test_make_pairs(setup):
+    data, _ = setup
+    gloss = make_pairs(data, "gloss")
+    assert len(gloss) == len(data.train)
+    assert all(p.b == data.documents[p.group] for p in gloss[:100])
+    examples = make_pairs(data, "example")
+    queries_of = {}
+    for e in data.train:
+        queries_of.setdefault(e.positive, set()).add(e.query)
+    assert examples and all(p.a in queries_of[p.group] and p.b in queries_of[p.group] for p in examples[:200])
+    assert len(make_pairs(data, "both")) == len(gloss) + len(examples)
+    with pytest.raises(ValueError, match="kind must be"):
+        make_pairs(data, "synonyms")
+
+
+def test_pair_rows_layout(setup):
+    _, tok = setup
+    rows = pair_rows(tok, PAIRS, 80)
+    assert rows["input_ids"].shape[0] == 2 * len(PAIRS)
+    for k, p in enumerate(PAIRS):
+        for r, (first, second) in ((2 * k, (p.a, p.b)), (2 * k + 1, (p.b, p.a))):
+            seg, att = rows["token_type_ids"][r], rows["attention_mask"][r].bool()
+            ids = rows["input_ids"][r]
+            assert tok.decode(ids[att & (seg == 0)], skip_special_tokens=True) == tok.decode(tok(first)["input_ids"], skip_special_tokens=True)
+            assert tok.decode(ids[att & (seg == 1)], skip_special_tokens=True) == tok.decode(tok(second)["input_ids"], skip_special_tokens=True)
+            assert ids[att][-1] == tok.sep_token_id and ids[0] == tok.cls_token_id
+
+
+def test_lm_head_is_tied_to_the_word_embeddings(model):
+    assert model.lm_head.word_embeddings.weight is model.bert.get_input_embeddings().weight
+
+
+def test_cls_invariance(setup, model):
+    """METHODS.md §2(c) 2: under the UniLM mask, the [CLS] output of [CLS] A [SEP] B [SEP] equals that of
+    [CLS] A [SEP] alone (eval mode), at every A and B."""
+    _, tok = setup
+    rows = pair_rows(tok, PAIRS, 80)
+    with torch.no_grad():
+        joint = model.seq2seq_hidden(**rows)[:, 0]  # (2n, H)
+        firsts = [t for p in PAIRS for t in (p.a, p.b)]
+        alone = tok(firsts, padding=True, return_tensors="pt")
+        single = model.bert(input_ids=alone["input_ids"], attention_mask=alone["attention_mask"]).last_hidden_state[:, 0]
+    assert torch.allclose(joint, single, atol=1e-5)
+    # and the retrieval encoder (forward) is the pooled, normalised version of that same vector
+    assert torch.allclose(encode(model, tok, firsts), F.normalize(model.pooler(single), dim=-1), atol=1e-5)
+
+
+def test_cls_would_change_without_the_mask(setup, model):
+    """The check above is not vacuous: with a plain bidirectional mask, [CLS] does see B."""
+    _, tok = setup
+    rows = pair_rows(tok, PAIRS, 80)
+    with torch.no_grad():
+        joint = model.bert(**rows).last_hidden_state[:, 0]
+        masked = model.seq2seq_hidden(**rows)[:, 0]
+    assert not torch.allclose(joint, masked, atol=1e-3)
+
+
+def test_similarity_loss_labels_diagonal_and_value():
+    torch.manual_seed(0)
+    cls = torch.randn(6, 8, dtype=torch.float64)
+    u = F.normalize(cls, dim=-1)
+    logits = 30 * (u @ u.T - 1e12 * torch.eye(6, dtype=torch.float64))
+    probs = logits.softmax(-1)
+    assert (probs.diagonal() == 0).all()  # a row never picks itself
+    labels = torch.arange(6) ^ 1
+    assert labels.tolist() == [1, 0, 3, 2, 5, 4]
+    perm = torch.zeros(6, 6)
+    perm[torch.arange(6), labels] = 1
+    assert torch.equal(perm, perm.T) and torch.equal(perm @ perm, torch.eye(6))  # a symmetric permutation
+    by_hand = -(probs[torch.arange(6), labels].log()).mean()
+    assert torch.allclose(simbert_similarity_loss(cls), by_hand)
+
+
+def test_similarity_loss_prefers_partners():
+    base = torch.randn(4, 16)
+    aligned = base.repeat_interleave(2, 0)  # partners identical
+    shuffled = torch.randn(8, 16)
+    assert simbert_similarity_loss(aligned + 0.01 * torch.randn(8, 16)) < simbert_similarity_loss(shuffled)
+
+
+@pytest.mark.parametrize("n", [1, 3, 7])
+def test_similarity_loss_odd_batch_raises(n):
+    with pytest.raises(ValueError, match="even"):
+        simbert_similarity_loss(torch.randn(n, 4))
+
+
+def test_similarity_loss_gradient_float64():
+    cls = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: simbert_similarity_loss(x, scale=3.0), (cls,))
+
+
+def test_seq2seq_targets(setup):
+    """METHODS.md §2(c) 4: one loss term per non-pad segment-1 token; the first B token is predicted from the
+    position of A's [SEP]."""
+    _, tok = setup
+    rows = pair_rows(tok, PAIRS, 80)
+    where = seq2seq_targets(rows["input_ids"], rows["token_type_ids"], rows["attention_mask"])
+    n_seg1 = ((rows["token_type_ids"] == 1) & rows["attention_mask"].bool()).sum()
+    assert where.sum() == n_seg1
+    for r in range(rows["input_ids"].shape[0]):
+        first_b = int((rows["token_type_ids"][r] == 1).nonzero()[0])
+        assert rows["input_ids"][r, first_b - 1] == tok.sep_token_id  # A's [SEP] ...
+        assert where[r, first_b - 1] and not where[r, : first_b - 1].any()  # ... predicts B's first token
+
+
+def test_seq2seq_loss_matches_full_lm_head(setup, model):
+    _, tok = setup
+    rows = pair_rows(tok, PAIRS, 80)
+    with torch.no_grad():
+        hidden = model.seq2seq_hidden(**rows)
+        fast = seq2seq_loss(model, hidden, rows["input_ids"], rows["token_type_ids"], rows["attention_mask"])
+        logits = model.lm_head(hidden)[:, :-1]  # (B, L-1, V) every position
+        target = rows["input_ids"][:, 1:].masked_fill(
+            ~seq2seq_targets(rows["input_ids"], rows["token_type_ids"], rows["attention_mask"]), -100)
+        full = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
+    assert torch.allclose(fast, full, atol=1e-5)
+
+
+def test_generate_batched_equals_one_by_one(setup, model):
+    _, tok = setup
+    texts = [p.a for p in PAIRS] + ["a dog"]
+    together = generate(model, tok, texts, max_new_tokens=6)
+    alone = [generate(model, tok, [t], max_new_tokens=6)[0] for t in texts]
+    assert together == alone
+    assert all(0 < len(t.split()) for t in together)
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(setup, model):
+    _, tok = setup
+    texts = [p.a for p in PAIRS]
+
+    def sample(seed, **kw):
+        return generate(model, tok, texts, max_new_tokens=5, do_sample=True, generator=torch.Generator().manual_seed(seed), **kw)
+
+    assert sample(0, top_p=0.9) == sample(0, top_p=0.9)
+    assert sample(0) != sample(1)
+    assert sample(3, top_k=1) == generate(model, tok, texts, max_new_tokens=5)
+
+
+def test_filter_logits():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(_filter_logits(logits, top_k=2, top_p=1.0)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(_filter_logits(logits, top_k=0, top_p=0.7)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(_filter_logits(logits, top_k=0, top_p=0.85)).tolist() == [[False, False, False, True]]
+    assert torch.isinf(_filter_logits(logits, top_k=0, top_p=0.1)).tolist() == [[False, True, True, True]]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"do_sample": True, "temperature": 0.0}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+    ],
+)
+def test_generate_bad_arguments(setup, model, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        generate(model, setup[1], ["a dog"], **kwargs)
+
+
+def test_generate_rejects_a_bare_string(setup, model):
+    with pytest.raises(TypeError, match="list"):
+        generate(model, setup[1], "a dog")
+
+
+def test_token_f1():
+    assert token_f1("being born", "nascent: being born or beginning") == pytest.approx(2 * 1 * 0.4 / 1.4)
+    assert token_f1("The cat", "the CAT!") == 1.0
+    assert token_f1("", "a b") == 0.0 and token_f1("x y", "a b") == 0.0
+    assert token_f1("a a b", "a b b") == pytest.approx(2 / 3)  # multiplicity counts
+    assert mean_token_f1(["a", "b"], ["a", "c"]) == 0.5
+    with pytest.raises(ValueError, match="as many"):
+        mean_token_f1(["a"], [])
+
+
+def test_training_learns_to_generate_and_retrieve(setup):
+    """Overfitting a handful of pairs: both losses fall, greedy generation reproduces the target glosses far
+    better than before training, and retrieval ranks each example's own gloss first."""
+    data, tok = setup
+    pairs = make_pairs(data, "gloss")[:16]
+    cfg = CFG.replace(lr=3e-3)
+    seed_everything(0)
+    before_model = make_simbert(cfg, tok)
+    before = generate(before_model, tok, [p.a for p in pairs])
+    model, history, parts = train_simbert(cfg, data, tok, pairs=pairs, model=before_model, batch_size=8, steps=150, progress=False)
+    assert history.steps == 150 and len(parts["seq2seq"]) == len(parts["similarity"]) == 150
+    assert sum(parts["seq2seq"][-10:]) < 0.2 * sum(parts["seq2seq"][:10])
+    assert sum(parts["similarity"][-10:]) < 0.5 * sum(parts["similarity"][:10])
+    refs = [p.b for p in pairs]
+    after = generate(model, tok, [p.a for p in pairs])
+    assert mean_token_f1(after, refs) > 0.8 > 0.2 > mean_token_f1(before, refs)
+    hits = [similar_sentences(model, tok, p.a, refs, k=1)[0][0] == p.b for p in pairs]
+    assert sum(hits) >= 14
+
+
+def test_simbert_is_an_encoder_for_evaluate(setup, model):
+    data, tok = setup
+    metrics = evaluate(model, data, "dev", tokenizer=tok, ks=(1, 10))
+    assert 0 <= metrics["recall@1"] <= metrics["recall@10"] <= 1
+
+
+def test_similar_sentences_validation(setup, model):
+    _, tok = setup
+    out = similar_sentences(model, tok, "a dog", ["a dog", "the bank", "a cat"], k=3)
+    assert [t for t, _ in out][0] == "a dog" and out[0][1] >= out[1][1] >= out[2][1]
+    with pytest.raises(ValueError, match="k must be"):
+        similar_sentences(model, tok, "a dog", ["a cat"], k=2)
+    with pytest.raises(ValueError, match="at least one"):
+        similar_sentences(model, tok, "a dog", [], k=1)
