@@ -62,6 +62,10 @@ PRESETS = {
         lr=1e-3,
         train_steps=800,
         train_seconds=900.0,
+        # on the in_batch encoder's 117,659 document vectors, M=16 reached recall@10 vs exact 0.943 at ef=128 and
+        # 0.979 at ef=256; M=24, ef=192 reaches 0.985 at 1.5x the speed of exact search (README, full results)
+        hnsw_m=24,
+        hnsw_ef_search=192,
     ),
 }
 
