@@ -2,10 +2,13 @@
 
     python -m course_lib.benchmark --preset fast --out results/fast
     python -m course_lib.benchmark --preset full --out results/full --methods bm25 untrained
+    python -m course_lib.benchmark --preset full --out results/full --methods simbert --merge
 
 writes ``DIR/results.json``, ``DIR/results.md`` and ``DIR/recall_curves.png``. Each method is a function in
-``METHODS`` that returns ``(metrics, train_seconds, steps)``; every later notebook adds its method here. The
-``hnsw`` entry measures HNSW against exact search on a course encoder's embeddings of the whole corpus.
+``METHODS`` that returns ``(metrics, train_seconds, steps)``; every later notebook adds its method here.
+``--merge`` adds or replaces the named methods in an existing ``results.json`` of the same preset and keeps
+the others. The ``hnsw`` entry measures HNSW against exact search on the ``in_batch`` encoder's embeddings of
+the whole corpus (or, when ``in_batch`` does not run, the last course encoder that does).
 """
 
 import argparse
@@ -27,6 +30,7 @@ from course_lib.index import ExactIndex, HNSWIndex, recall_vs_exact
 from course_lib.metrics import KS, embed_corpus, retrieval_metrics
 from course_lib.models import encode, make_encoder
 from course_lib.plots import plot_recall_at_k
+from course_lib.simbert import train_simbert
 from course_lib.tokenizer import load_tokenizer
 from course_lib.utils import seed_everything
 
@@ -104,6 +108,14 @@ def run_simcse_unsup(cfg, data, tokenizer) -> MethodResult:
     return _trained_result(cfg, data, tokenizer, model, history)
 
 
+def run_simbert(cfg, data, tokenizer) -> MethodResult:
+    """SimBERT: joint seq2seq + similarity training on (example, gloss) pairs, both directions, under the UniLM
+    mask; retrieval with the pooled [CLS] of a sentence alone, notebook 02."""
+    seed_everything(cfg.seed, cfg.num_threads)
+    model, history, _ = train_simbert(cfg, data, tokenizer, progress=False)
+    return _trained_result(cfg, data, tokenizer, model, history)
+
+
 METHODS = {
     "bm25": run_bm25,
     "untrained": run_untrained,
@@ -111,7 +123,9 @@ METHODS = {
     "simcse_unsup": run_simcse_unsup,
     "in_batch_hardneg": run_in_batch_hardneg,
     "in_batch": run_in_batch,
+    "simbert": run_simbert,
 }
+HNSW_ENCODER = "in_batch"  # whose corpus embeddings the HNSW check uses when it runs
 
 
 def measure_hnsw(cfg, doc_ids, doc_emb, q_emb, source: str, repeats: int = 3) -> dict:
@@ -182,13 +196,19 @@ def to_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(preset: str, out: Path, methods: list[str] | None = None) -> dict:
+def run(preset: str, out: Path, methods: list[str] | None = None, merge: bool = False) -> dict:
     cfg = get_config(preset)
     seed_everything(cfg.seed, cfg.num_threads)
     names = methods or list(METHODS)
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; known: {list(METHODS)}")
+    previous = {}
+    if merge and (out / "results.json").exists():
+        previous = json.loads((out / "results.json").read_text())
+        if previous.get("preset") != preset:
+            raise ValueError(f"--merge: {out / 'results.json'} holds preset {previous.get('preset')!r}, not {preset!r}; "
+                             "use another --out or drop --merge")
     data = load_dataset("wordnet", preset)
     tokenizer = load_tokenizer(data, cfg.vocab_size)
     results = {
@@ -198,9 +218,9 @@ def run(preset: str, out: Path, methods: list[str] | None = None) -> dict:
         "n_test_queries": len(data.queries["test"]),
         "machine": machine(),
         "date": datetime.date.today().isoformat(),
-        "methods": {},
+        "methods": dict(previous.get("methods", {})),
     }
-    hnsw_source = None  # the embeddings of the last course encoder that ran
+    hnsw_source = None  # the in_batch encoder's embeddings, else the last course encoder's
     for name in names:
         t0 = time.perf_counter()
         r = METHODS[name](cfg, data, tokenizer)
@@ -208,12 +228,17 @@ def run(preset: str, out: Path, methods: list[str] | None = None) -> dict:
             "train_seconds": round(r.train_seconds, 1), "steps": r.steps, "wall_seconds": round(time.perf_counter() - t0, 1)}
         print(f"{name:>12}: R@1 {r.metrics['recall@1']:.3f}  R@10 {r.metrics['recall@10']:.3f}  "
               f"MRR@10 {r.metrics['mrr@10']:.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-        if r.embeddings is not None:
+        if r.embeddings is not None and (hnsw_source is None or hnsw_source[0] != HNSW_ENCODER):
             hnsw_source = (name, r.embeddings)
-    if hnsw_source is None:  # no course encoder among the methods run: use the untrained one
-        hnsw_source = ("untrained", run_untrained(cfg, data, tokenizer).embeddings)
-    name, (doc_ids, doc_emb, q_emb) = hnsw_source
-    results["hnsw"] = measure_hnsw(cfg, doc_ids, doc_emb, q_emb, source=f"{name} course encoder")
+    order = [n for n in METHODS if n in results["methods"]]  # the table follows METHODS' order
+    results["methods"] = {n: results["methods"][n] for n in order}
+    if "hnsw" in previous and (hnsw_source is None or hnsw_source[0] != HNSW_ENCODER):
+        results["hnsw"] = previous["hnsw"]  # merging methods that do not re-measure it
+    else:
+        if hnsw_source is None:  # no course encoder among the methods run: use the untrained one
+            hnsw_source = ("untrained", run_untrained(cfg, data, tokenizer).embeddings)
+        name, (doc_ids, doc_emb, q_emb) = hnsw_source
+        results["hnsw"] = measure_hnsw(cfg, doc_ids, doc_emb, q_emb, source=f"{name} course encoder")
     print(f"        hnsw: recall@10 vs exact {results['hnsw']['recall_at_10_vs_exact']:.4f}, "
           f"speed-up {results['hnsw']['speedup_vs_exact']:.1f}x on {results['hnsw']['n_vectors']} vectors")
     out.mkdir(parents=True, exist_ok=True)
@@ -230,8 +255,9 @@ def main(argv=None) -> None:
     parser.add_argument("--preset", choices=["fast", "full"], default="fast")
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--methods", nargs="*", default=None, help=f"subset of {list(METHODS)}")
+    parser.add_argument("--merge", action="store_true", help="keep the other methods of an existing results.json")
     args = parser.parse_args(argv)
-    run(args.preset, args.out / args.preset if args.out == Path("results") else args.out, args.methods)
+    run(args.preset, args.out / args.preset if args.out == Path("results") else args.out, args.methods, args.merge)
 
 
 if __name__ == "__main__":

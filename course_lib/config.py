@@ -38,6 +38,10 @@ class Config:
     temperature: float = 0.05
     train_steps: int = 300  # the budget that makes runs reproducible
     train_seconds: float = 180.0  # a wall-clock cap on top, for slow machines (the steps normally bind)
+    # SimBERT (notebook 02): [CLS] pooling trained from scratch stays collapsed (similarity loss at ln(2n − 1))
+    # at the in-batch lr of 2e-3 and learns at 3e-4; pairs per batch (each pair gives two rows)
+    simbert_lr: float = 3e-4
+    simbert_pairs: int = 32
     # approximate search (HNSW, Malkov & Yashunin, 2018)
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200

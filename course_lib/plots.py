@@ -94,33 +94,39 @@ def plot_length_histogram(lengths: dict[str, list[int]], max_length: int | None 
     return fig
 
 
-def plot_loss_curve(losses: list[float], smooth: int = 10, ax=None, label: str = "training loss",
+def plot_loss_curve(losses, smooth: int = 10, ax=None, label: str = "training loss",
                     reference: float | None = None, reference_label: str = "ln B (uniform guessing)"):
     """Per-step loss (faint) and its running mean over ``smooth`` steps; ``reference`` draws a dashed level,
-    e.g. ln B, the loss of a model that scores every candidate alike (a collapsed encoder sits there)."""
-    if not losses:
-        raise ValueError("plot_loss_curve needs at least one loss value")
+    e.g. ln B, the loss of a model that scores every candidate alike (a collapsed encoder sits there).
+    ``losses`` is a list, or a dict of named lists drawn together (e.g. the two parts of a joint loss)."""
+    curves = losses if isinstance(losses, dict) else {label: losses}
+    if not curves or any(len(v) == 0 for v in curves.values()):
+        raise ValueError("plot_loss_curve needs at least one loss value per curve")
     fig, ax = _axes(ax)
-    steps = np.arange(1, len(losses) + 1)
-    ax.plot(steps, losses, alpha=0.3, color=COLORS[0], label=f"{label}, per step")
-    w = max(1, min(smooth, len(losses)))
-    ax.plot(steps[w - 1 :], np.convolve(losses, np.ones(w) / w, mode="valid"), color=COLORS[0],
-            label=f"{label}, mean of {w} steps")
+    for i, (name, values) in enumerate(curves.items()):
+        color = COLORS[i % len(COLORS)]
+        steps = np.arange(1, len(values) + 1)
+        ax.plot(steps, values, alpha=0.3, color=color, label=f"{name}, per step")
+        w = max(1, min(smooth, len(values)))
+        ax.plot(steps[w - 1 :], np.convolve(values, np.ones(w) / w, mode="valid"), color=color,
+                label=f"{name}, mean of {w} steps")
     if reference is not None:
         ax.axhline(reference, color="k", ls="--", lw=1, label=reference_label)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
 def plot_similarity_matrix(logits, n_positive_cols: int | None = None, softmax: bool = True, title: str = "logits",
-                           row_labels=None):
-    """Heatmap of a (B, C) logit matrix with each row's positive (column i) boxed in red; with ``softmax`` a
-    second panel shows the row-wise softmax, i.e. the probability the loss puts on each candidate. Columns
-    after the first ``n_positive_cols`` (default B) are hard negatives, separated by a vertical line; when they
-    come in blocks of B (one per query), each row's own hard negatives are boxed with dashes."""
+                           row_labels=None, targets: list[int] | None = None,
+                           axis_labels: tuple[str, str] = ("candidate documents", "queries")):
+    """Heatmap of a (B, C) logit matrix with each row's positive boxed in red (column i, or ``targets[i]``);
+    with ``softmax`` a second panel shows the row-wise softmax, i.e. the probability the loss puts on each
+    candidate. −inf entries (masked candidates) are left blank. Columns after the first ``n_positive_cols``
+    (default B) are hard negatives, separated by a vertical line; when they come in blocks of B (one per
+    query), each row's own hard negatives are boxed with dashes."""
     import torch
 
     s = torch.as_tensor(logits, dtype=torch.float32).detach().cpu()
@@ -128,6 +134,9 @@ def plot_similarity_matrix(logits, n_positive_cols: int | None = None, softmax: 
         raise ValueError(f"logits must be (B, C) with C >= B >= 1, got shape {tuple(s.shape)}")
     b = s.shape[0]
     n_pos = b if n_positive_cols is None else n_positive_cols
+    targets = list(range(b)) if targets is None else list(targets)
+    if len(targets) != b or any(not 0 <= t < s.shape[1] for t in targets):
+        raise ValueError(f"targets must give one column in [0, {s.shape[1]}) per row ({b} rows), got {targets}")
     panels = [("logits (similarity / τ)", s, "RdBu_r")]
     if softmax:
         panels.append(("row softmax (probabilities)", torch.softmax(s, dim=1), "viridis"))
@@ -139,14 +148,14 @@ def plot_similarity_matrix(logits, n_positive_cols: int | None = None, softmax: 
         kw = {"vmin": -lim, "vmax": lim} if cmap == "RdBu_r" else {"vmin": 0.0, "vmax": 1.0}
         im = ax.imshow(m.numpy(), cmap=cmap, aspect="auto", **kw)
         for i in range(b):
-            ax.add_patch(matplotlib.patches.Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, ec=GOLD, lw=1.5))
+            ax.add_patch(matplotlib.patches.Rectangle((targets[i] - 0.5, i - 0.5), 1, 1, fill=False, ec=GOLD, lw=1.5))
             # per-query hard negatives (column blocks of B): box each row's own, dashed
             for col in range(n_pos + i, s.shape[1], b) if (s.shape[1] - n_pos) % b == 0 else ():
                 ax.add_patch(matplotlib.patches.Rectangle((col - 0.5, i - 0.5), 1, 1, fill=False, ec="k", lw=1, ls="--"))
         if s.shape[1] > n_pos:
             ax.axvline(n_pos - 0.5, color="k", lw=1)
-        ax.set_xlabel("candidate documents (positives" + (", then hard negatives)" if s.shape[1] > n_pos else ")"))
-        ax.set_ylabel("queries")
+        ax.set_xlabel(axis_labels[0] + (" (positives, then hard negatives)" if s.shape[1] > n_pos else ""))
+        ax.set_ylabel(axis_labels[1])
         ax.set_title(name, fontsize=9)
         ax.grid(False)
         if row_labels is not None:
@@ -187,5 +196,34 @@ def plot_align_uniform(points: dict[str, tuple[float, float]], ax=None):
     ax.set_ylabel("ℓ_align (lower: positives closer)")
     ax.set_title("Alignment and uniformity")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_attention_masks(masks: dict, tokens: list[str], row: int | None = None):
+    """Attention masks side by side, one panel per name: cell (i, j) is dark when query position i (row) may
+    attend key position j (column), with the tokens on both axes. ``row`` outlines one query row in red."""
+    import torch
+
+    if not masks:
+        raise ValueError("plot_attention_masks needs at least one mask")
+    L = len(tokens)
+    for name, m in masks.items():
+        if tuple(torch.as_tensor(m).shape) != (L, L):
+            raise ValueError(f"mask {name!r} has shape {tuple(torch.as_tensor(m).shape)}, expected ({L}, {L}) for {L} tokens")
+    if row is not None and not 0 <= row < L:
+        raise ValueError(f"row must be in [0, {L - 1}], got {row}")
+    size = 1.6 + 0.22 * L
+    fig, axes = plt.subplots(1, len(masks), figsize=(size * len(masks), size), squeeze=False)
+    for ax, (name, m) in zip(axes[0], masks.items()):
+        ax.imshow(torch.as_tensor(m).float().numpy(), cmap="Greys", vmin=0, vmax=1.25)
+        ax.set_xticks(range(L), tokens, rotation=90, fontsize=7)
+        ax.set_yticks(range(L), tokens, fontsize=7)
+        ax.set_xlabel("key (attended)")
+        ax.set_ylabel("query (attending)")
+        ax.set_title(name, fontsize=9)
+        ax.grid(False)
+        if row is not None:
+            ax.add_patch(matplotlib.patches.Rectangle((-0.5, row - 0.5), L, 1, fill=False, ec=GOLD, lw=2))
     fig.tight_layout()
     return fig

@@ -205,15 +205,15 @@ def train_simbert(
 ) -> tuple[SimBERT, History, dict[str, list[float]]]:
     """Joint seq2seq + similarity training on ``pairs`` (default: example ↔ gloss from ``data.train``).
 
-    ``batch_size`` counts pairs (each gives two rows), so SimBERT sees as many pairs per step as the in-batch
-    model with the same ``batch_size``. Returns the model, the loop's history (total loss) and the two loss
-    parts per step.
+    ``batch_size`` counts pairs (each gives two rows; default ``cfg.simbert_pairs``). The learning rate is
+    ``cfg.simbert_lr``: [CLS] pooling from scratch collapses at the higher lr the mean-pooled in-batch model
+    uses. Returns the model, the loop's history (total loss) and the two loss parts per step.
     """
     pairs = pairs if pairs is not None else make_pairs(data, "gloss")
     device = get_device()
     model = (model or make_simbert(cfg, tokenizer)).to(device)
     generator = generator or torch.Generator().manual_seed(cfg.seed)
-    batch_size = batch_size or cfg.batch_size
+    batch_size = batch_size or cfg.simbert_pairs
     sampler = NoDuplicateBatchSampler([TrainExample(p.a, p.group) for p in pairs], batch_size, generator)
     max_length = cfg.max_query_len + cfg.max_doc_len
     step = simbert_step(scale)
@@ -221,7 +221,7 @@ def train_simbert(
         model,
         step,
         (pair_rows(tokenizer, [pairs[i] for i in idx], max_length) for idx in sampler),
-        optimizer=torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01),
+        optimizer=torch.optim.AdamW(model.parameters(), lr=cfg.simbert_lr, weight_decay=0.01),
         max_steps=steps or cfg.train_steps,
         time_budget_s=cfg.train_seconds,
         eval_fn=eval_fn,

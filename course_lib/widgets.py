@@ -1,13 +1,14 @@
 """Interactive explorers. Each ``explore_*`` draws its figure once directly (so a broken plot raises in the
 cell, where nbmake sees it), then wires the controls with ``interactive_output`` (see STYLE.md: a callback
-that raises inside an Output widget is silently swallowed). Sliders only re-slice precomputed results."""
+that raises inside an Output widget is silently swallowed). Sliders re-slice precomputed results, or redo
+work that takes well under a second (decoding three sentences)."""
 
 import ipywidgets as W
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
-from course_lib.plots import plot_ranked_scores, plot_similarity_matrix
+from course_lib.plots import plot_attention_masks, plot_ranked_scores, plot_similarity_matrix
 
 
 def _query_view(data, split: str, rankings: dict, method: str, query_index: int, k: int):
@@ -99,5 +100,62 @@ def explore_temperature(q, d, negatives=None, temperature: float = 0.05, title_p
     out = W.interactive_output(show, {"temperature": slider})
     out.layout.min_height = "360px"
     box = W.VBox([slider, out])
+    display(box)
+    return box
+
+
+def _mask_row_view(masks: dict, tokens: list[str], row: int) -> str:
+    fig = plot_attention_masks(masks, tokens, row=row)
+    display(fig)
+    plt.close(fig)
+    lines = [f"row {row} ({tokens[row]!r}) attends to:"]
+    for name, m in masks.items():
+        seen = [t for t, v in zip(tokens, torch.as_tensor(m)[row].tolist()) if v]
+        lines.append(f"  {name:>14}: {' '.join(seen) if seen else '(nothing)'}")
+    return "\n".join(lines)
+
+
+def explore_mask_rows(masks: dict, tokens: list[str], row: int = 0):
+    """Pick a query position; see, in every mask, which tokens it may attend to (its row, outlined)."""
+    row = max(0, min(row, len(tokens) - 1))
+    print(_mask_row_view(masks, tokens, row))  # once directly
+    slider = W.IntSlider(value=row, min=0, max=len(tokens) - 1, description="row", continuous_update=False)
+    out = W.interactive_output(lambda row: print(_mask_row_view(masks, tokens, row)), {"row": slider})
+    out.layout.min_height = "380px"
+    box = W.VBox([slider, out])
+    display(box)
+    return box
+
+
+def _generation_view(model, tokenizer, texts: list[str], references: list[str], temperature: float, top_p: float,
+                     seed: int) -> str:
+    from course_lib.metrics import token_f1
+    from course_lib.simbert import generate
+
+    greedy = generate(model, tokenizer, texts)
+    sampled = generate(model, tokenizer, texts, do_sample=True, temperature=temperature, top_p=top_p,
+                       generator=torch.Generator().manual_seed(seed))
+    lines = []
+    for text, ref, g, smp in zip(texts, references, greedy, sampled):
+        lines += [f"A: {text}", f"   reference : {ref}", f"   greedy    : {g}   (F1 {token_f1(g, ref):.2f})",
+                  f"   sampled   : {smp}   (F1 {token_f1(smp, ref):.2f})", ""]
+    return "\n".join(lines)
+
+
+def explore_generation(model, tokenizer, texts: list[str], references: list[str], temperature: float = 1.0,
+                       top_p: float = 0.9, seed: int = 0):
+    """Temperature and top-p sliders over a few source sentences: greedy and sampled SimBERT outputs next to
+    the reference, each with its token F1. Higher temperature / top-p: more varied, less faithful text."""
+    if len(texts) != len(references) or not texts:
+        raise ValueError(f"need as many references as texts, at least one; got {len(texts)} and {len(references)}")
+    print(_generation_view(model, tokenizer, texts, references, temperature, top_p, seed))  # once directly
+    temp = W.FloatSlider(value=temperature, min=0.1, max=2.0, step=0.1, description="temperature", continuous_update=False)
+    nucleus = W.FloatSlider(value=top_p, min=0.1, max=1.0, step=0.05, description="top-p", continuous_update=False)
+    sample_seed = W.IntSlider(value=seed, min=0, max=20, description="seed", continuous_update=False)
+    out = W.interactive_output(
+        lambda temperature, top_p, seed: print(_generation_view(model, tokenizer, texts, references, temperature, top_p, seed)),
+        {"temperature": temp, "top_p": nucleus, "seed": sample_seed},
+    )
+    box = W.VBox([W.HBox([temp, nucleus, sample_seed]), out])
     display(box)
     return box

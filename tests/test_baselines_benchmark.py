@@ -2,6 +2,7 @@
 
 import datetime
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -148,3 +149,23 @@ def test_unknown_method(tmp_path):
 def test_bad_preset(tmp_path):
     with pytest.raises(SystemExit):
         bench.main(["--preset", "huge", "--out", str(tmp_path)])
+
+
+def test_merge_keeps_other_methods_and_hnsw(benchmark_run, tmp_path):
+    out = tmp_path / "merged"
+    shutil.copytree(benchmark_run, out)
+    before = json.loads((out / "results.json").read_text())
+    before["methods"]["bm25"]["recall@1"] = -1.0  # a marker the re-run must overwrite
+    (out / "results.json").write_text(json.dumps(before))
+    bench.main(["--preset", "fast", "--out", str(out), "--methods", "bm25", "--merge"])
+    after = json.loads((out / "results.json").read_text())
+    assert list(after["methods"]) == ["bm25", "untrained"]  # METHODS order, untrained kept
+    assert after["methods"]["untrained"] == before["methods"]["untrained"]
+    assert after["methods"]["bm25"]["recall@1"] >= 0  # re-run
+    assert after["hnsw"] == before["hnsw"]  # bm25 has no embeddings: the old measurement stays
+
+
+def test_merge_refuses_another_preset(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps({"preset": "full", "methods": {}}))
+    with pytest.raises(ValueError, match="holds preset 'full', not 'fast'"):
+        bench.main(["--preset", "fast", "--out", str(tmp_path), "--methods", "bm25", "--merge"])

@@ -39,7 +39,8 @@ METRICS = {
 def test_every_plot_function_is_covered():
     names = {n for n in dir(plots) if n.startswith("plot_")}
     assert names == {"plot_recall_at_k", "plot_ann_tradeoff", "plot_ranked_scores", "plot_length_histogram",
-                     "plot_loss_curve", "plot_similarity_matrix", "plot_curve", "plot_align_uniform"}, (
+                     "plot_loss_curve", "plot_similarity_matrix", "plot_curve", "plot_align_uniform",
+                     "plot_attention_masks"}, (
         "a new plot_* function needs a test here"
     )
 
@@ -89,6 +90,9 @@ def test_plot_loss_curve():
     raw, smooth = fig.axes[0].lines
     assert len(raw.get_xdata()) == 25 and len(smooth.get_xdata()) == 21  # 'valid' running mean over 5
     assert isinstance(plots.plot_loss_curve([2.0]), Figure)  # a single value works too
+    both = plots.plot_loss_curve({"seq2seq": losses, "similarity": losses[:10]}, smooth=5)
+    assert len(both.axes[0].lines) == 4  # raw and smoothed per curve
+    assert {line.get_color() for line in both.axes[0].lines[:2]} != {line.get_color() for line in both.axes[0].lines[2:]}
 
 
 def test_plot_similarity_matrix():
@@ -104,6 +108,32 @@ def test_plot_similarity_matrix():
     assert all(len(ax.patches) == 3 for ax in panels)  # each row's positive is boxed
     single = plots.plot_similarity_matrix(np.eye(2), softmax=False)
     assert len([ax for ax in single.axes if ax.images]) == 1
+    # SimBERT: own row masked (-inf, blank), partner i XOR 1 boxed
+    sim = torch.randn(4, 4).fill_diagonal_(float("-inf"))
+    fig = plots.plot_similarity_matrix(sim, targets=[1, 0, 3, 2], axis_labels=("rows", "rows"))
+    logit_panel, softmax_panel = [ax for ax in fig.axes if ax.images]
+    boxes = [(p.get_x() + 0.5, p.get_y() + 0.5) for p in logit_panel.patches]
+    assert boxes == [(1, 0), (0, 1), (3, 2), (2, 3)]
+    np.testing.assert_allclose(np.diag(np.asarray(softmax_panel.images[0].get_array())), 0.0)  # softmax of -inf
+    with pytest.raises(ValueError, match="targets must give one column"):
+        plots.plot_similarity_matrix(sim, targets=[1, 0, 3])
+
+
+def test_plot_attention_masks():
+    import torch
+
+    tokens = ["[CLS]", "a", "[SEP]", "b", "[SEP]"]
+    causal = torch.ones(5, 5).tril().bool()
+    fig = plots.plot_attention_masks({"bidirectional": torch.ones(5, 5, dtype=torch.bool), "causal": causal}, tokens, row=3)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 2
+    np.testing.assert_array_equal(panels[1].images[0].get_array(), causal.float().numpy())
+    assert [t.get_text() for t in panels[0].get_xticklabels()] == tokens
+    assert len(panels[0].patches) == 1  # the chosen row is outlined
+    with pytest.raises(ValueError, match="expected \\(5, 5\\)"):
+        plots.plot_attention_masks({"bad": torch.ones(4, 4)}, tokens)
+    with pytest.raises(ValueError, match="row must be in"):
+        plots.plot_attention_masks({"causal": causal}, tokens, row=5)
 
 
 def test_plot_curve():
@@ -249,3 +279,17 @@ def test_explore_queries_needs_a_method(tiny):
 def test_explore_queries_empty_split(tiny, rankings):
     with pytest.raises(ValueError, match="split 'dev' of 'tiny' has no queries"):
         explore_queries(tiny, rankings, split="dev")
+
+
+def test_explore_mask_rows(capsys):
+    import torch
+
+    from course_lib.widgets import explore_mask_rows
+
+    tokens = ["[CLS]", "a", "[SEP]", "b", "[SEP]"]
+    seq2seq = torch.tensor([[1, 1, 1, 0, 0]] * 3 + [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]).bool()
+    box = explore_mask_rows({"seq2seq": seq2seq}, tokens, row=1)
+    assert "row 1 ('a') attends to:" in capsys.readouterr().out
+    slider = box.children[0]
+    slider.value = 3
+    assert "seq2seq: [CLS] a [SEP] b" in capsys.readouterr().out

@@ -226,7 +226,7 @@ def test_training_learns_to_generate_and_retrieve(setup):
     better than before training, and retrieval ranks each example's own gloss first."""
     data, tok = setup
     pairs = make_pairs(data, "gloss")[:16]
-    cfg = CFG.replace(lr=3e-3)
+    cfg = CFG.replace(simbert_lr=3e-3)  # a handful of pairs: memorising them is safe at a high lr
     seed_everything(0)
     before_model = make_simbert(cfg, tok)
     before = generate(before_model, tok, [p.a for p in pairs])
@@ -255,3 +255,17 @@ def test_similar_sentences_validation(setup, model):
         similar_sentences(model, tok, "a dog", ["a cat"], k=2)
     with pytest.raises(ValueError, match="at least one"):
         similar_sentences(model, tok, "a dog", [], k=1)
+
+
+def test_explore_generation(setup, model, capsys):
+    from course_lib.widgets import explore_generation
+
+    _, tok = setup
+    box = explore_generation(model, tok, [PAIRS[0].a], [PAIRS[0].b], temperature=1.0, top_p=0.9)
+    first = capsys.readouterr().out
+    assert "reference : nascent: being born or beginning" in first and "greedy" in first and "sampled" in first
+    temp, top_p, seed = box.children[0].children
+    seed.value = 3  # the callback runs and prints again
+    assert "sampled" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="as many references"):
+        explore_generation(model, tok, ["a"], [])
