@@ -21,7 +21,7 @@ from transformers import BertModel
 
 from course_lib.data import NoDuplicateBatchSampler, TrainExample
 from course_lib.masks import attention_bias, unilm_mask
-from course_lib.models import bert_config
+from course_lib.models import bert_config, encode
 from course_lib.train import History, train
 from course_lib.utils import get_device
 
@@ -323,8 +323,6 @@ def generate(
 
 def similar_sentences(model, tokenizer, query: str, candidates: list[str], k: int = 5, max_length: int = 48) -> list[tuple[str, float]]:
     """The ``k`` candidates closest to ``query`` by the model's sentence vectors (cosine), best first."""
-    from course_lib.models import encode
-
     if not candidates:
         raise ValueError("similar_sentences needs at least one candidate")
     if not 1 <= k <= len(candidates):
