@@ -42,6 +42,11 @@ class Config:
     # at the in-batch lr of 2e-3 and learns at 3e-4; pairs per batch (each pair gives two rows)
     simbert_lr: float = 3e-4
     simbert_pairs: int = 32
+    # RetroMAE (notebook 03): pretraining on raw text before in-batch fine-tuning; mask ratios from the paper
+    encoder_mask_ratio: float = 0.3
+    decoder_mask_ratio: float = 0.5
+    pretrain_lr: float = 1e-3
+    pretrain_steps: int = 300
     # approximate search (HNSW, Malkov & Yashunin, 2018)
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200

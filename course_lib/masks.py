@@ -57,3 +57,106 @@ def attention_bias(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> to
     bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)  # (B, L, L)
     bias.masked_fill_(~mask, torch.finfo(dtype).min)
     return bias[:, None]  # (B, 1, L, L): one mask shared by every head
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Masked-token masks (RetroMAE, Xiao et al., 2022)
+
+
+def _check_ratio(name: str, ratio: float) -> None:
+    if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+        raise ValueError(f"{name} must be a number in [0, 1), got {ratio!r}")
+
+
+def whole_word_mask(
+    input_ids: torch.Tensor,
+    word_ids: torch.Tensor,
+    *,
+    mask_token_id: int,
+    vocab_size: int,
+    mask_ratio: float = 0.3,
+    first_regular_id: int = 0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole-word masking for masked-language-model input (BERT, Devlin et al., 2019, §3.1 and its
+    whole-word release; RetroMAE §3.1 masks the encoder input this way with ratio 0.3).
+
+    ``word_ids`` (B, L) numbers the words of each row (a fast tokenizer's ``word_ids()``) and is −1 on special
+    tokens and padding, which are never masked. Per row, words are visited in random order and taken whole
+    while the masked-token count stays within round(n · mask_ratio) of the row's n word tokens (at least one
+    word when mask_ratio > 0), as Hugging Face's whole-word collator does. Of the chosen tokens, 80 % become
+    ``[MASK]``, 10 % a random regular token (ids ``first_regular_id`` … ``vocab_size`` − 1) and 10 % stay.
+    Returns ``(masked input_ids (B, L), labels (B, L))``: labels hold the original id where a token was chosen
+    and −100 (ignored by cross-entropy) elsewhere. The inputs are not modified.
+    """
+    _check_2d("input_ids", input_ids)
+    _check_2d("word_ids", word_ids)
+    if input_ids.shape != word_ids.shape:
+        raise ValueError(f"input_ids {tuple(input_ids.shape)} and word_ids {tuple(word_ids.shape)} differ in shape")
+    _check_ratio("mask_ratio", mask_ratio)
+    if not 0 <= first_regular_id < vocab_size:
+        raise ValueError(f"first_regular_id {first_regular_id} must lie in [0, vocab_size={vocab_size})")
+    chosen = torch.zeros(input_ids.shape, dtype=torch.bool)  # (B, L)
+    words_cpu = word_ids.cpu()
+    for b in range(input_ids.shape[0]):
+        row = words_cpu[b]
+        words = row[row >= 0].unique().tolist()
+        budget = max(1, round(int((row >= 0).sum()) * mask_ratio)) if mask_ratio > 0 and words else 0
+        count = 0
+        for w in torch.randperm(len(words), generator=generator).tolist():
+            where = row == words[w]  # (L,) the word's tokens
+            size = int(where.sum())
+            if count + size > budget:
+                continue
+            chosen[b] |= where
+            count += size
+            if count == budget:
+                break
+    chosen = chosen.to(input_ids.device)
+    roll = torch.rand(input_ids.shape, generator=generator).to(input_ids.device)  # (B, L)
+    random_ids = torch.randint(first_regular_id, vocab_size, input_ids.shape, generator=generator).to(input_ids.device)
+    masked = input_ids.clone()
+    masked[chosen & (roll < 0.8)] = mask_token_id
+    swap = chosen & (roll >= 0.8) & (roll < 0.9)
+    masked[swap] = random_ids[swap]
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))  # (B, L)
+    return masked, labels
+
+
+def retromae_decoder_mask(
+    attention_mask: torch.Tensor,
+    special_tokens_mask: torch.Tensor | None = None,
+    mask_ratio: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """RetroMAE's position-specific decoder mask (Xiao et al., 2022, §3.2 "enhanced decoding", eq. 7), (B, L, L).
+
+    Row i (the query that reconstructs token i) may attend column j iff j ≠ i, j is not padding, and j is
+    either a special token — column 0 holds the sentence embedding h, so every other row sees it — or one of
+    the row's randomly kept ordinary tokens: of the other ordinary columns, round(m · mask_ratio) are hidden,
+    drawn afresh for each row (the reference draws each row's mask from a pool of 256 shared masks). So each
+    token is predicted from h plus a *different* random ~(1 − mask_ratio) of its context, never from itself.
+    ``special_tokens_mask`` (B, L) defaults to column 0 and each row's last non-pad token ([CLS], final [SEP]).
+    """
+    _check_2d("attention_mask", attention_mask)
+    _check_ratio("mask_ratio", mask_ratio)
+    real = attention_mask.bool()  # (B, L)
+    B, L = real.shape
+    if special_tokens_mask is None:
+        special_tokens_mask = torch.zeros_like(real)
+        special_tokens_mask[:, 0] = True
+        special_tokens_mask[torch.arange(B), real.sum(1).clamp(min=1) - 1] = True  # the final [SEP]
+    _check_2d("special_tokens_mask", special_tokens_mask)
+    if special_tokens_mask.shape != real.shape:
+        raise ValueError(f"special_tokens_mask {tuple(special_tokens_mask.shape)} and attention_mask {tuple(real.shape)} differ")
+    special = special_tokens_mask.bool() & real  # (B, L)
+    ordinary = real & ~special  # (B, L) columns that may be hidden
+    eye = torch.eye(L, dtype=torch.bool, device=real.device)  # (L, L)
+    candidates = ordinary[:, None, :] & ~eye  # (B, L, L): ordinary columns other than the row's own
+    m = candidates.sum(-1, keepdim=True)  # (B, L, 1)
+    n_hide = (m.float() * mask_ratio).round().long()  # (B, L, 1)
+    scores = torch.rand(B, L, L, generator=generator).to(real.device)  # (B, L, L)
+    scores = scores.masked_fill(~candidates, 2.0)  # non-candidates sort last, never hidden
+    rank = scores.argsort(-1).argsort(-1)  # (B, L, L): rank of column j in row i's random order
+    hidden = candidates & (rank < n_hide)  # (B, L, L)
+    return real[:, None, :] & ~eye & ~hidden  # (B, L, L)

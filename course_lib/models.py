@@ -49,6 +49,23 @@ class Encoder(torch.nn.Module):
         return F.normalize(pooled, dim=-1) if self.normalize else pooled  # (B, D)
 
 
+class LMHead(torch.nn.Module):
+    """BERT's masked-LM head: dense → GELU → LayerNorm → a decoder whose weight *is* the word-embedding table
+    (tied, as in BERT, Devlin et al., 2019, §A.2), plus a bias per token."""
+
+    def __init__(self, word_embeddings: torch.nn.Embedding, layer_norm_eps: float = 1e-12):
+        super().__init__()
+        vocab, hidden = word_embeddings.weight.shape
+        self.dense = torch.nn.Linear(hidden, hidden)
+        self.norm = torch.nn.LayerNorm(hidden, eps=layer_norm_eps)
+        self.word_embeddings = word_embeddings  # shared with the encoder, not a copy
+        self.bias = torch.nn.Parameter(torch.zeros(vocab))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        h = self.norm(F.gelu(self.dense(hidden)))  # (..., H)
+        return h @ self.word_embeddings.weight.T + self.bias  # (..., V)
+
+
 def bert_config(cfg, tokenizer) -> BertConfig:
     """The ``BertConfig`` of the course encoder, sized by the preset (FAST: 2 layers, hidden 128, 2 heads,
     FFN 512) with the tokenizer's vocabulary."""

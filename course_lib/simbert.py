@@ -21,7 +21,7 @@ from transformers import BertModel
 
 from course_lib.data import NoDuplicateBatchSampler, TrainExample
 from course_lib.masks import attention_bias, unilm_mask
-from course_lib.models import bert_config, encode
+from course_lib.models import LMHead, bert_config, encode
 from course_lib.train import History, train
 from course_lib.utils import get_device
 
@@ -57,23 +57,6 @@ def make_pairs(data, kind: str = "gloss") -> list[SimPair]:
     if not pairs:
         raise ValueError(f"no {kind!r} pairs: data.train is empty or has no sense with two examples")
     return pairs
-
-
-class LMHead(torch.nn.Module):
-    """BERT's masked-LM head: dense → GELU → LayerNorm → a decoder whose weight *is* the word-embedding table
-    (tied, as in BERT, Devlin et al., 2019, §A.2), plus a bias per token."""
-
-    def __init__(self, word_embeddings: torch.nn.Embedding, layer_norm_eps: float = 1e-12):
-        super().__init__()
-        vocab, hidden = word_embeddings.weight.shape
-        self.dense = torch.nn.Linear(hidden, hidden)
-        self.norm = torch.nn.LayerNorm(hidden, eps=layer_norm_eps)
-        self.word_embeddings = word_embeddings  # shared with the encoder, not a copy
-        self.bias = torch.nn.Parameter(torch.zeros(vocab))
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        h = self.norm(F.gelu(self.dense(hidden)))  # (..., H)
-        return h @ self.word_embeddings.weight.T + self.bias  # (..., V)
 
 
 class SimBERT(torch.nn.Module):

@@ -18,8 +18,8 @@ from course_lib.simbert import (
     pair_rows,
     seq2seq_loss,
     seq2seq_targets,
-    similar_sentences,
     simbert_similarity_loss,
+    similar_sentences,
     train_simbert,
 )
 from course_lib.tokenizer import load_tokenizer

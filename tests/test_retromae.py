@@ -1,0 +1,305 @@
+"""RetroMAE: whole-word masking, the decoder mask (METHODS.md §3(c) 1), batch labels (§3(c) 2), the enhanced
+decoder against BERT's own layer, the leak probe (§3(c) 3), the bottleneck (§3(c) 4) and short pretraining
+runs."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import BertConfig, BertModel
+from transformers.models.bert.modeling_bert import BertLayer
+
+from course_lib.config import get_config
+from course_lib.data import load_dataset
+from course_lib.masks import retromae_decoder_mask, whole_word_mask
+from course_lib.retromae import RetroMAE, make_retromae, pretrain, pretrain_batch, retromae_step, token_loss
+from course_lib.tokenizer import load_tokenizer
+from course_lib.train import loss_fell
+from course_lib.utils import seed_everything
+
+CFG = get_config("fast")
+CLS, SEP, MASK, FIRST, V = 2, 3, 4, 5, 40  # the toy vocabulary of the synthetic tests
+
+
+@pytest.fixture(scope="module")
+def setup():
+    data = load_dataset("wordnet", "fast")
+    return data, load_tokenizer(data, CFG.vocab_size)
+
+
+def toy_batch(lengths: list[int], g: torch.Generator):
+    """Random regular tokens framed by [CLS] … [SEP], right-padded: ids, attention mask, word ids (words of
+    two and one tokens alternate; −1 on specials and pads), special-token mask."""
+    L = max(lengths)
+    ids = torch.zeros(len(lengths), L, dtype=torch.long)
+    att = torch.zeros_like(ids)
+    words = torch.full_like(ids, -1)
+    for b, n in enumerate(lengths):
+        ids[b, :n] = torch.randint(FIRST, V, (n,), generator=g)
+        ids[b, 0], ids[b, n - 1] = CLS, SEP
+        att[b, :n] = 1
+        w = torch.arange(n - 2)
+        words[b, 1 : n - 1] = torch.div(2 * w, 3, rounding_mode="floor")  # words of 2, 1, 2, 1, ... tokens
+    special = (words < 0) & att.bool()
+    return ids, att, words, special
+
+
+# ---------------------------------------------------------------------------------------------------------
+# whole-word masking
+
+
+def test_whole_word_mask_takes_whole_words_never_specials():
+    g = torch.Generator().manual_seed(0)
+    ids, att, words, special = toy_batch([12, 30, 7, 30] * 50, g)
+    masked, labels = whole_word_mask(ids, words, mask_token_id=MASK, vocab_size=V, first_regular_id=FIRST,
+                                     mask_ratio=0.3, generator=g)
+    chosen = labels != -100
+    assert not chosen[words < 0].any()  # [CLS], [SEP] and pads are never masked
+    assert torch.equal(labels[chosen], ids[chosen]) and torch.equal(masked[~chosen], ids[~chosen])
+    for b in range(ids.shape[0]):
+        n_word_tokens = int((words[b] >= 0).sum())
+        assert 1 <= int(chosen[b].sum()) <= round(0.3 * n_word_tokens)
+        for w in words[b][words[b] >= 0].unique():
+            picked = chosen[b][words[b] == w]
+            assert picked.all() or not picked.any()  # a word is masked whole or not at all
+    # 80 % [MASK], 10 % a random regular token, 10 % unchanged (METHODS.md §3(a); BERT §3.1)
+    n = int(chosen.sum())
+    is_mask = (masked == MASK) & chosen
+    changed = (masked != ids) & chosen & ~is_mask
+    assert abs(int(is_mask.sum()) / n - 0.8) < 0.05
+    assert 0.05 < int(changed.sum()) / n < 0.15
+    assert (masked[changed] >= FIRST).all()
+    assert abs(int(chosen.sum()) / int((words >= 0).sum()) - 0.3) < 0.03  # about p_enc of the word tokens
+
+
+def test_whole_word_mask_leaves_inputs_alone_and_is_seeded():
+    g = torch.Generator().manual_seed(1)
+    ids, att, words, _ = toy_batch([10, 9], g)
+    before = ids.clone()
+    a = whole_word_mask(ids, words, mask_token_id=MASK, vocab_size=V, generator=torch.Generator().manual_seed(5))
+    b = whole_word_mask(ids, words, mask_token_id=MASK, vocab_size=V, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(ids, before)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    zero = whole_word_mask(ids, words, mask_token_id=MASK, vocab_size=V, mask_ratio=0.0)
+    assert torch.equal(zero[0], ids) and (zero[1] == -100).all()
+
+
+@pytest.mark.parametrize("ratio", [1.0, -0.1, 1.5, "0.3"])
+def test_mask_ratios_outside_the_unit_interval_are_rejected(ratio):
+    ids = torch.ones(1, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"mask_ratio must be a number in \[0, 1\)"):
+        whole_word_mask(ids, torch.zeros_like(ids), mask_token_id=MASK, vocab_size=V, mask_ratio=ratio)
+    with pytest.raises(ValueError, match=r"mask_ratio must be a number in \[0, 1\)"):
+        retromae_decoder_mask(torch.ones(1, 4), mask_ratio=ratio)
+
+
+def test_shape_mismatches_are_rejected():
+    with pytest.raises(ValueError, match="differ in shape"):
+        whole_word_mask(torch.ones(2, 4, dtype=torch.long), torch.ones(2, 5, dtype=torch.long), mask_token_id=MASK, vocab_size=V)
+    with pytest.raises(ValueError, match="special_tokens_mask"):
+        retromae_decoder_mask(torch.ones(2, 4), torch.zeros(2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="2-D tensor"):
+        retromae_decoder_mask(torch.ones(4))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the decoder mask (METHODS.md §3(c) 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(3, 24), min_size=1, max_size=5), ratio=st.floats(0.0, 0.95), seed=st.integers(0, 2**16))
+def test_decoder_mask_rules(lengths, ratio, seed):
+    g = torch.Generator().manual_seed(seed)
+    _, att, _, special = toy_batch(lengths, g)
+    mask = retromae_decoder_mask(att, special, ratio, generator=g)
+    B, L = att.shape
+    assert mask.shape == (B, L, L) and mask.dtype == torch.bool
+    assert not mask.diagonal(dim1=1, dim2=2).any()  # a token never sees itself
+    real = att.bool()
+    assert not mask[~real[:, None, :].expand(-1, L, -1)].any()  # padding is never visible
+    for b, n in enumerate(lengths):
+        assert mask[b, 1:n, 0].all()  # every other row sees h in column 0
+        off_diag = ~torch.eye(n, dtype=torch.bool)
+        cols = special[b, :n]
+        assert mask[b, :n, :n][:, cols][off_diag[:, cols]].all()  # special columns: visible except on the diagonal
+        ordinary = real[b, :n] & ~special[b, :n]
+        for i in range(n):
+            others = ordinary.clone()
+            others[i] = False
+            m = int(others.sum())
+            assert int(mask[b, i, :n][others].sum()) == m - round(m * ratio)  # 1 − ratio of the rest is visible
+
+
+def test_decoder_mask_default_specials_and_visible_fraction():
+    g = torch.Generator().manual_seed(0)
+    _, att, _, special = toy_batch([20, 33, 9] * 30, g)
+    a = retromae_decoder_mask(att, special, 0.5, generator=torch.Generator().manual_seed(3))
+    b = retromae_decoder_mask(att, None, 0.5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)  # the default specials are column 0 and each row's last real token
+    ordinary = att.bool() & ~special
+    rows = ordinary[:, :, None] & ordinary[:, None, :] & ~torch.eye(att.shape[1], dtype=torch.bool)
+    assert abs(a[rows].float().mean().item() - 0.5) < 0.03
+    assert not torch.equal(a[0, 1], a[0, 2]) or not torch.equal(a[0, 2], a[0, 3])  # rows draw different contexts
+
+
+# ---------------------------------------------------------------------------------------------------------
+# batches (METHODS.md §3(c) 2)
+
+
+def test_pretrain_batch_labels(setup):
+    data, tok = setup
+    texts = [data.documents[d] for d in sorted(data.corpus)[:64]]
+    batch = pretrain_batch(tok, texts, 48, generator=torch.Generator().manual_seed(0))
+    plain = tok(texts, padding=True, truncation=True, max_length=48, return_tensors="pt")
+    assert torch.equal(batch["input_ids"], plain["input_ids"])  # the decoder reads the unmasked text
+    real, ids = batch["attention_mask"].bool(), batch["input_ids"]
+    special = torch.isin(ids, torch.tensor(tok.all_special_ids))
+    assert (batch["decoder_labels"][real & ~special] != -100).all()  # every ordinary token is a decoder target
+    assert (batch["decoder_labels"][~real | special] == -100).all()
+    marked = batch["encoder_labels"] != -100
+    assert torch.equal(batch["encoder_input_ids"][~marked], ids[~marked])
+    assert 0.25 < marked.sum().item() / (real & ~special).sum().item() < 0.33  # about p_enc = 0.3
+    mask = batch["decoder_mask"]
+    assert mask[:, 1:, 0][real[:, 1:]].all() and not mask.diagonal(dim1=1, dim2=2).any()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the model
+
+
+def tiny_model(decoder: bool = True, seed: int = 0) -> RetroMAE:
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=V, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                     max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return RetroMAE(BertModel(cfg, add_pooling_layer=False), decoder=decoder)
+
+
+def test_decoder_layer_equals_bert_layer_on_one_stream():
+    """With one stream (query = content) and an all-visible mask, the enhanced decoder layer is BERT's own
+    layer: copy a transformers ``BertLayer``'s weights into it and compare."""
+    model = tiny_model()
+    ref = BertLayer(model.bert.config).eval()  # the encoder's config: its attention implementation is set
+    ours = model.decoder
+    pairs = [(ours.query, ref.attention.self.query), (ours.key, ref.attention.self.key), (ours.value, ref.attention.self.value),
+             (ours.attn_out, ref.attention.output.dense), (ours.attn_norm, ref.attention.output.LayerNorm),
+             (ours.ffn_in, ref.intermediate.dense), (ours.ffn_out, ref.output.dense), (ours.ffn_norm, ref.output.LayerNorm)]
+    for a, b in pairs:
+        a.load_state_dict(b.state_dict())
+    x = torch.randn(3, 7, 32)
+    bias = torch.zeros(3, 1, 7, 7)
+    assert torch.allclose(ours(x, x, bias), ref(x, attention_mask=bias), atol=1e-5)
+
+
+def test_decoder_row_ignores_hidden_columns():
+    model = tiny_model().eval()
+    g = torch.Generator().manual_seed(0)
+    ids, att, _, special = toy_batch([12], g)
+    mask = retromae_decoder_mask(att, special, 0.5, generator=g)
+    h = torch.randn(1, 32)
+    out = model.decode(h, ids, mask)
+    i = 5
+    hidden_cols = (~mask[0, i]).nonzero().flatten().tolist()
+    edited = ids.clone()
+    for j in hidden_cols:
+        if j != 0:
+            edited[0, j] = FIRST + (int(ids[0, j]) - FIRST + 1) % (V - FIRST)  # another regular token
+    out2 = model.decode(h, edited, mask)
+    assert torch.allclose(out[0, i], out2[0, i], atol=1e-6)  # row i cannot see what it must predict ...
+    assert not torch.allclose(out[0, i], model.decode(h + 1.0, ids, mask)[0, i])  # ... but it sees h
+
+
+def test_embeddings_and_lm_head_are_shared():
+    model = tiny_model()
+    assert model.lm_head.word_embeddings is model.bert.embeddings.word_embeddings
+    ids = torch.tensor([[CLS, 7, 8, 9, SEP]])
+    h = torch.randn(1, 32)
+    query, content = model.decoder_streams(h, ids)
+    emb = model.bert.embeddings
+    assert torch.allclose(query, h[:, None] + emb.position_embeddings.weight[:5])  # H1 = h + p_i
+    assert torch.allclose(content[:, 0], h) and torch.allclose(content[:, 1:], emb(input_ids=ids)[:, 1:])  # H2
+
+
+def test_mlm_baseline_has_no_decoder():
+    model = tiny_model(decoder=False)
+    assert model.decoder is None
+    with pytest.raises(ValueError, match="decoder=False"):
+        model.decode(torch.zeros(1, 32), torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, 3, dtype=torch.bool))
+
+
+def _decoder_loss_after_training(leak: bool, steps: int = 250) -> float:
+    """Train a tiny RetroMAE on random token sequences with the decoder loss alone; return its final value."""
+    model = tiny_model(seed=1)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(2)
+    losses = []
+    for _ in range(steps):
+        ids, att, _, special = toy_batch([16] * 32, g)
+        mask = retromae_decoder_mask(att, special, 0.5, generator=g)
+        if leak:
+            mask = mask | torch.eye(ids.shape[1], dtype=torch.bool)  # the bug: row i sees its own token
+        labels = ids.masked_fill(special, -100)
+        h = model(ids, att)[:, 0]  # (B, H)
+        loss = token_loss(model, model.decode(h, ids, mask), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return sum(losses[-20:]) / 20
+
+
+def test_leak_probe():
+    """METHODS.md §3(c) 3: with the diagonal visible, the decoder copies x_i and its loss heads to zero; with
+    the right mask, random tokens cannot be reconstructed from 50 % of *other* random tokens."""
+    chance = math.log(V - FIRST)  # 3.56 nats: uniform over the regular tokens
+    leaky = _decoder_loss_after_training(leak=True)
+    honest = _decoder_loss_after_training(leak=False)
+    assert leaky < 0.3, leaky
+    assert honest > 0.8 * chance, (honest, chance)
+
+
+def test_bottleneck_gradient():
+    """METHODS.md §3(c) 4: with h detached, the decoder loss gives the encoder's transformer layers exactly zero
+    gradient (the shared embedding table still gets some); with h attached they do get gradient."""
+    g = torch.Generator().manual_seed(0)
+    ids, att, _, special = toy_batch([10, 14], g)
+    mask = retromae_decoder_mask(att, special, 0.5, generator=g)
+    labels = ids.masked_fill(special | ~att.bool(), -100)
+    for detach in (True, False):
+        model = tiny_model()
+        h = model(ids, att)[:, 0]  # (B, H)
+        token_loss(model, model.decode(h.detach() if detach else h, ids, mask), labels).backward()
+        layer_grads = [p.grad for p in model.bert.encoder.parameters()]
+        if detach:
+            assert all(gr is None or not gr.any() for gr in layer_grads)
+        else:
+            assert any(gr is not None and gr.any() for gr in layer_grads)
+        assert model.bert.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
+def test_step_parts_and_pretraining_runs(setup):
+    data, tok = setup
+    texts = [data.documents[d] for d in sorted(data.corpus)]
+    for decoder in (True, False):
+        seed_everything(0)
+        model, history, parts = pretrain(CFG, texts, tok, decoder=decoder, steps=40, batch_size=16, progress=False)
+        assert history.steps == 40 and loss_fell(history.losses)
+        assert len(parts["encoder"]) == 40 and len(parts["decoder"]) == (40 if decoder else 0)
+        assert (model.decoder is not None) == decoder
+    # the total is the unweighted sum of the two parts
+    step = retromae_step()
+    batch = pretrain_batch(tok, texts[:8], 48, generator=torch.Generator().manual_seed(0))
+    total = step(make_retromae(CFG, tok), batch)
+    assert math.isclose(total.item(), step.parts["encoder"][0] + step.parts["decoder"][0], rel_tol=1e-5)
+
+
+def test_pretraining_is_deterministic(setup):
+    data, tok = setup
+    texts = [data.documents[d] for d in sorted(data.corpus)]
+    runs = []
+    for _ in range(2):
+        seed_everything(0)
+        _, history, _ = pretrain(CFG, texts, tok, steps=5, batch_size=8, progress=False)
+        runs.append(history.losses)
+    assert runs[0] == runs[1]
