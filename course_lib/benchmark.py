@@ -28,8 +28,9 @@ from course_lib.data import load_dataset
 from course_lib.in_batch import pretrain_simcse, train_in_batch
 from course_lib.index import ExactIndex, HNSWIndex, recall_vs_exact
 from course_lib.metrics import KS, embed_corpus, retrieval_metrics
-from course_lib.models import encode, make_encoder
+from course_lib.models import encode, encoder_from_bert, make_encoder
 from course_lib.plots import plot_recall_at_k
+from course_lib.retromae import pretrain, pretrain_texts
 from course_lib.simbert import train_simbert
 from course_lib.tokenizer import load_tokenizer
 from course_lib.utils import seed_everything
@@ -46,6 +47,7 @@ class MethodResult:
     train_seconds: float = 0.0
     steps: int = 0
     embeddings: tuple | None = None  # (doc ids, doc embeddings (N, D), test-query embeddings (Q, D))
+    extra: dict | None = None  # more figures for results.json (e.g. the pretraining's steps and seconds)
 
 
 def _exact_metrics(doc_ids, doc_emb, q_emb, relevant) -> dict:
@@ -116,6 +118,43 @@ def run_simbert(cfg, data, tokenizer) -> MethodResult:
     return _trained_result(cfg, data, tokenizer, model, history)
 
 
+def _pretrain_then_in_batch(cfg, data, tokenizer, decoder: bool | None) -> MethodResult:
+    """Pretrain (RetroMAE with ``decoder=True``, plain MLM with False, nothing with None) for
+    ``cfg.pretrain_steps``, then the same in-batch fine-tuning from that start: [CLS] pooling at
+    ``cfg.finetune_lr`` for ``cfg.train_steps``, notebook 03. ``train_seconds`` counts both stages."""
+    seed_everything(cfg.seed, cfg.num_threads)
+    bert, extra = None, {"pretrain_steps": 0, "pretrain_seconds": 0.0}
+    if decoder is not None:
+        pretrained, h_pre, parts = pretrain(cfg, pretrain_texts(data), tokenizer, decoder=decoder, progress=False)
+        bert = pretrained.bert
+        extra = {"pretrain_steps": h_pre.steps, "pretrain_seconds": round(h_pre.train_seconds, 1),
+                 "pretrain_final_losses": {k: sum(v[-50:]) / len(v[-50:]) for k, v in parts.items() if v}}
+    seed_everything(cfg.seed, cfg.num_threads)
+    ft_cfg = cfg.replace(pooling="cls", lr=cfg.finetune_lr)
+    model, history = train_in_batch(ft_cfg, data, tokenizer, model=encoder_from_bert(ft_cfg, tokenizer, bert),
+                                    progress=False)
+    result = _trained_result(cfg, data, tokenizer, model, history)
+    result.train_seconds += extra["pretrain_seconds"]
+    result.extra = extra
+    return result
+
+
+def run_random_then_in_batch(cfg, data, tokenizer) -> MethodResult:
+    """Notebook 03's fine-tuning recipe ([CLS] pooling, ``cfg.finetune_lr``) from random weights: the baseline
+    of the two pretrained starts."""
+    return _pretrain_then_in_batch(cfg, data, tokenizer, decoder=None)
+
+
+def run_mlm_then_in_batch(cfg, data, tokenizer) -> MethodResult:
+    """Plain MLM pretraining (whole-word masking), then in-batch fine-tuning, notebook 03."""
+    return _pretrain_then_in_batch(cfg, data, tokenizer, decoder=False)
+
+
+def run_retromae_then_in_batch(cfg, data, tokenizer) -> MethodResult:
+    """RetroMAE pretraining (MLM + one-layer enhanced decoder), then in-batch fine-tuning, notebook 03."""
+    return _pretrain_then_in_batch(cfg, data, tokenizer, decoder=True)
+
+
 METHODS = {
     "bm25": run_bm25,
     "untrained": run_untrained,
@@ -124,6 +163,9 @@ METHODS = {
     "in_batch_hardneg": run_in_batch_hardneg,
     "in_batch": run_in_batch,
     "simbert": run_simbert,
+    "random_then_in_batch": run_random_then_in_batch,
+    "mlm_then_in_batch": run_mlm_then_in_batch,
+    "retromae_then_in_batch": run_retromae_then_in_batch,
 }
 HNSW_ENCODER = "in_batch"  # whose corpus embeddings the HNSW check uses when it runs
 
@@ -225,7 +267,8 @@ def run(preset: str, out: Path, methods: list[str] | None = None, merge: bool = 
         t0 = time.perf_counter()
         r = METHODS[name](cfg, data, tokenizer)
         results["methods"][name] = {k: r.metrics[k] for k in REPORTED} | {
-            "train_seconds": round(r.train_seconds, 1), "steps": r.steps, "wall_seconds": round(time.perf_counter() - t0, 1)}
+            "train_seconds": round(r.train_seconds, 1), "steps": r.steps, "wall_seconds": round(time.perf_counter() - t0, 1)
+        } | (r.extra or {})
         print(f"{name:>12}: R@1 {r.metrics['recall@1']:.3f}  R@10 {r.metrics['recall@10']:.3f}  "
               f"MRR@10 {r.metrics['mrr@10']:.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
         if r.embeddings is not None and (hnsw_source is None or hnsw_source[0] != HNSW_ENCODER):

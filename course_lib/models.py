@@ -89,6 +89,16 @@ def make_encoder(cfg, tokenizer) -> Encoder:
     return Encoder(BertModel(bert_config(cfg, tokenizer), add_pooling_layer=False), pooling=cfg.pooling, normalize=True)
 
 
+def encoder_from_bert(cfg, tokenizer, bert: BertModel | None = None, pooling: str | None = None) -> Encoder:
+    """An encoder of the preset's size that starts from a *copy* of ``bert``'s weights (a pretrained start,
+    e.g. ``course_lib.retromae``'s ``model.bert``; fine-tuning it leaves the original untouched), or from
+    random weights when ``bert`` is None. ``pooling`` defaults to the preset's."""
+    model = make_encoder(cfg.replace(pooling=pooling or cfg.pooling), tokenizer)
+    if bert is not None:
+        model.bert.load_state_dict(bert.state_dict())  # raises on a size mismatch, naming the tensors
+    return model
+
+
 def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
     """Pad and truncate a list of texts to a batch of ``input_ids`` and ``attention_mask`` (B, L)."""
     batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")

@@ -114,6 +114,12 @@ def token_loss(model: RetroMAE, hidden: torch.Tensor, labels: torch.Tensor) -> t
 # Batches and the training step
 
 
+def pretrain_texts(data) -> list[str]:
+    """Unlabelled pretraining text: the corpus's documents and the training queries, never a dev or test query
+    (their text is held out, as their labels are)."""
+    return [data.corpus[d] for d in sorted(data.corpus)] + [e.query for e in data.train]
+
+
 def pretrain_batch(
     tokenizer,
     texts: list[str],
@@ -210,7 +216,7 @@ def pretrain(
         pretrain_batches(tokenizer, texts, batch_size or cfg.batch_size, cfg.max_doc_len, generator=generator, **ratios),
         optimizer=torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, weight_decay=0.01),
         max_steps=steps or cfg.pretrain_steps,
-        time_budget_s=cfg.train_seconds,
+        time_budget_s=cfg.pretrain_seconds,
         progress=progress,
         desc="RetroMAE" if model.decoder is not None else "MLM",
     )

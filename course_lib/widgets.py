@@ -159,3 +159,48 @@ def explore_generation(model, tokenizer, texts: list[str], references: list[str]
     box = W.VBox([W.HBox([temp, nucleus, sample_seed]), out])
     display(box)
     return box
+
+
+def _retromae_masking_view(tokenizer, text: str, encoder_ratio: float, decoder_ratio: float, row: int, seed: int) -> str:
+    from course_lib.retromae import pretrain_batch
+
+    batch = pretrain_batch(tokenizer, [text], 64, encoder_mask_ratio=encoder_ratio, decoder_mask_ratio=decoder_ratio,
+                           generator=torch.Generator().manual_seed(seed))
+    tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][0])
+    row = max(1, min(row, len(tokens) - 2))  # an ordinary token's row
+    decoder_mask = batch["decoder_mask"][0]  # (L, L)
+    fig = plot_attention_masks({f"decoder mask (ratio {decoder_ratio:.2f})": decoder_mask}, tokens, row=row)
+    display(fig)
+    plt.close(fig)
+    chosen = batch["encoder_labels"][0] != -100
+    shown = tokenizer.convert_ids_to_tokens(batch["encoder_input_ids"][0])
+    encoder_view = [f"[{s}]" if c and s != "[MASK]" else s for s, c in zip(shown, chosen.tolist())]
+    decoder_view = ["h" if j == 0 else t if decoder_mask[row, j] else "_" for j, t in enumerate(tokens)]
+    return "\n".join([
+        f"encoder input ({int(chosen.sum())} of {len(tokens) - 2} tokens chosen; [x] = swapped or kept but predicted):",
+        "  " + " ".join(encoder_view),
+        f"decoder row {row} must rebuild {tokens[row]!r} from h and ({int(decoder_mask[row, 1:].sum())} visible tokens):",
+        "  " + " ".join(decoder_view),
+    ])
+
+
+def explore_retromae_masking(tokenizer, text: str, encoder_ratio: float = 0.3, decoder_ratio: float = 0.5,
+                             row: int = 1, seed: int = 0):
+    """Two mask-ratio sliders (clamped to [0, 0.9]) and a decoder-row slider over one sentence: prints what the
+    RetroMAE encoder sees (whole words masked) and what one decoder row sees (h plus the visible tokens, "_"
+    where hidden), and draws the decoder mask with that row outlined."""
+    encoder_ratio = float(min(max(encoder_ratio, 0.0), 0.9))
+    decoder_ratio = float(min(max(decoder_ratio, 0.0), 0.9))
+    n_tokens = len(tokenizer(text, truncation=True, max_length=64)["input_ids"])
+    print(_retromae_masking_view(tokenizer, text, encoder_ratio, decoder_ratio, row, seed))  # once directly
+    enc = W.FloatSlider(value=encoder_ratio, min=0.0, max=0.9, step=0.05, description="encoder", continuous_update=False)
+    dec = W.FloatSlider(value=decoder_ratio, min=0.0, max=0.9, step=0.05, description="decoder", continuous_update=False)
+    pick = W.IntSlider(value=max(1, min(row, n_tokens - 2)), min=1, max=max(1, n_tokens - 2), description="row",
+                       continuous_update=False)
+    out = W.interactive_output(
+        lambda encoder, decoder, row: print(_retromae_masking_view(tokenizer, text, encoder, decoder, row, seed)),
+        {"encoder": enc, "decoder": dec, "row": pick})
+    out.layout.min_height = "420px"
+    box = W.VBox([W.HBox([enc, dec, pick]), out])
+    display(box)
+    return box

@@ -293,3 +293,22 @@ def test_explore_mask_rows(capsys):
     slider = box.children[0]
     slider.value = 3
     assert "seq2seq: [CLS] a [SEP] b" in capsys.readouterr().out
+
+
+def test_explore_retromae_masking(capsys):
+    from course_lib.config import get_config
+    from course_lib.data import load_dataset
+    from course_lib.tokenizer import load_tokenizer
+    from course_lib.widgets import explore_retromae_masking
+
+    tok = load_tokenizer(load_dataset("wordnet", "fast"), get_config("fast").vocab_size)
+    text = "the bank approved the loan for the new house"
+    box = explore_retromae_masking(tok, text, encoder_ratio=5.0, decoder_ratio=-1.0, row=99)  # clamped
+    first = capsys.readouterr().out
+    assert "encoder input" in first and "decoder row" in first
+    enc, dec, row = box.children[0].children
+    assert enc.value == 0.9 and dec.value == 0.0 and row.value == row.max
+    dec.value = 0.9
+    out = capsys.readouterr().out
+    visible = out.split("visible tokens):")[0].rsplit("(", 1)[1]
+    assert int(visible.split()[0]) <= 3  # at ratio 0.9 a row sees only specials and ~10 % of the words

@@ -14,7 +14,16 @@ from transformers.models.bert.modeling_bert import BertLayer
 from course_lib.config import get_config
 from course_lib.data import load_dataset
 from course_lib.masks import retromae_decoder_mask, whole_word_mask
-from course_lib.retromae import RetroMAE, make_retromae, pretrain, pretrain_batch, retromae_step, token_loss
+from course_lib.models import encoder_from_bert
+from course_lib.retromae import (
+    RetroMAE,
+    make_retromae,
+    pretrain,
+    pretrain_batch,
+    pretrain_texts,
+    retromae_step,
+    token_loss,
+)
 from course_lib.tokenizer import load_tokenizer
 from course_lib.train import loss_fell
 from course_lib.utils import seed_everything
@@ -303,3 +312,39 @@ def test_pretraining_is_deterministic(setup):
         _, history, _ = pretrain(CFG, texts, tok, steps=5, batch_size=8, progress=False)
         runs.append(history.losses)
     assert runs[0] == runs[1]
+
+
+def test_pretrain_texts_hold_no_held_out_query(setup):
+    data, _ = setup
+    texts = pretrain_texts(data)
+    held_out = {t for split in ("dev", "test") for t in data.queries[split].values()} - {e.query for e in data.train}
+    assert len(texts) == len(data.corpus) + len(data.train)
+    assert not held_out & set(texts)
+
+
+def test_encoder_from_bert_copies_weights(setup):
+    _, tok = setup
+    pretrained = make_retromae(CFG, tok).bert
+    enc = encoder_from_bert(CFG, tok, pretrained, pooling="cls")
+    assert enc.pooling == "cls" and enc.bert is not pretrained
+    for (name, a), b in zip(enc.bert.state_dict().items(), pretrained.state_dict().values()):
+        assert torch.equal(a, b), name
+    with torch.no_grad():
+        next(enc.bert.parameters()).add_(1.0)  # fine-tuning the copy leaves the pretrained model alone
+    assert not torch.equal(next(enc.bert.parameters()), next(pretrained.parameters()))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        encoder_from_bert(CFG.replace(hidden_size=64), tok, pretrained)
+
+
+def test_benchmark_pretrain_then_in_batch(setup):
+    """The benchmark's notebook-03 methods run end to end on a tiny budget and report the pretraining."""
+    from course_lib import benchmark as bench
+
+    data, tok = setup
+    cfg = CFG.replace(pretrain_steps=4, train_steps=4)
+    result = bench.run_retromae_then_in_batch(cfg, data, tok)
+    assert result.steps == 4 and result.extra["pretrain_steps"] == 4
+    assert set(result.extra["pretrain_final_losses"]) == {"encoder", "decoder"}
+    assert result.train_seconds >= result.extra["pretrain_seconds"] > 0
+    assert 0 <= result.metrics["recall@10"] <= 1
+    assert {"random_then_in_batch", "mlm_then_in_batch", "retromae_then_in_batch"} <= set(bench.METHODS)
