@@ -47,7 +47,7 @@ class Config:
     decoder_mask_ratio: float = 0.5
     pretrain_lr: float = 1e-3
     pretrain_steps: int = 300
-    pretrain_seconds: float = 180.0  # wall-clock cap of each pretraining (the steps normally bind)
+    pretrain_seconds: float = 600.0  # wall-clock cap of each pretraining (the steps normally bind)
     # in-batch fine-tuning with [CLS] pooling (RetroMAE's retrieval vector) from each start; in FAST probes
     # (400 pretraining steps) 1e-3 fine-tuned every start better than 3e-4, and 2e-3 collapses [CLS] from scratch
     finetune_lr: float = 1e-3

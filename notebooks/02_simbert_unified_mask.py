@@ -41,8 +41,8 @@ from course_lib.simbert import (
     make_simbert,
     pair_rows,
     seq2seq_loss,
-    similar_sentences,
     simbert_similarity_loss,
+    similar_sentences,
     train_simbert,
 )
 from course_lib.tokenizer import load_tokenizer

@@ -16,7 +16,7 @@
 # pretraining curves for RetroMAE and for plain MLM at the same steps; then the same in-batch fine-tuning from
 # three starts (random, MLM, RetroMAE) with recall curves on the test split.
 #
-# **Run time:** FAST preset about 80 s on 2 CPU cores; full preset about 40 minutes on 2 cores (two
+# **Run time:** FAST preset about 75 s on 2 CPU cores; full preset about 40 minutes on 2 cores (two
 # pretrainings of `cfg.pretrain_steps` steps, three fine-tunings; measured by the benchmark, README).
 
 # %%
@@ -53,6 +53,7 @@ FAST = cfg.preset == "fast"
 PRETRAIN_STEPS = 60 if FAST else cfg.pretrain_steps  # each pretraining (MLM, RetroMAE) runs this many steps
 PRETRAIN_BATCH = 32 if FAST else cfg.batch_size
 FINETUNE_STEPS = 60 if FAST else cfg.train_steps  # in-batch fine-tuning steps, the same for all three starts
+FINETUNE_BATCH = 32 if FAST else cfg.batch_size
 data = load_dataset("wordnet", cfg.preset)
 tokenizer = load_tokenizer(data, cfg.vocab_size)
 texts = pretrain_texts(data)  # corpus glosses + training example sentences (no dev/test query)
@@ -286,19 +287,19 @@ assert all(np.mean(c[-10:]) < np.mean(c[:10]) for c in curves.values()), "every 
 # %% [markdown]
 # ## 7. Fine-tuning from three starts
 #
-# The same in-batch fine-tuning (notebook 01's loss, τ = `cfg.temperature`, batch `cfg.batch_size`,
+# The same in-batch fine-tuning (notebook 01's loss, τ = `cfg.temperature`, batch `FINETUNE_BATCH`,
 # `FINETUNE_STEPS` steps), started from a random encoder, the MLM-pretrained one and the RetroMAE-pretrained
 # one. Retrieval uses the [CLS] vector, as RetroMAE does, at `cfg.finetune_lr` (1e-3; notebook 02 showed that
 # [CLS] from scratch collapses at 2e-3).
 
 # %%
 starts = {"random init": None, "MLM-pretrained": mlm.bert, "RetroMAE-pretrained": retromae.bert}
+ft_cfg = cfg.replace(pooling="cls", lr=cfg.finetune_lr, batch_size=FINETUNE_BATCH)
 results, finetune_losses = {}, {}
 for name, bert in starts.items():
     seed_everything(cfg.seed, cfg.num_threads)
     encoder = encoder_from_bert(cfg, tokenizer, bert, pooling="cls")  # a copy: the pretrained model is kept
-    encoder, h_ft = train_in_batch(cfg.replace(pooling="cls", lr=cfg.finetune_lr), data, tokenizer, model=encoder,
-                                   steps=FINETUNE_STEPS)
+    encoder, h_ft = train_in_batch(ft_cfg, data, tokenizer, model=encoder, steps=FINETUNE_STEPS)
     results[name], finetune_losses[name] = test_metrics(encoder), h_ft.losses
 seed_everything(cfg.seed, cfg.num_threads)
 results["untrained (no fine-tuning)"] = test_metrics(encoder_from_bert(cfg, tokenizer, None, pooling="cls"))
@@ -310,7 +311,7 @@ fig = plot_recall_at_k(results, title=f"Test split ({cfg.preset}): in-batch fine
 # And the fine-tuning losses, against ln B, the loss of a model that scores every in-batch candidate alike:
 
 # %%
-fig = plot_loss_curve(finetune_losses, reference=math.log(cfg.batch_size), reference_label="ln B: all candidates alike")
+fig = plot_loss_curve(finetune_losses, reference=math.log(FINETUNE_BATCH), reference_label="ln B: all candidates alike")
 
 # %%
 assert results["random init"]["recall@10"] > results["untrained (no fine-tuning)"]["recall@10"]
