@@ -286,11 +286,24 @@ def run(preset: str, out: Path, methods: list[str] | None = None, merge: bool = 
           f"speed-up {results['hnsw']['speedup_vs_exact']:.1f}x on {results['hnsw']['n_vectors']} vectors")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_report(results, out)
+    return results
+
+
+def write_report(results: dict, out: Path) -> None:
+    """``results.md`` and ``recall_curves.png`` in ``out``, from a results dict (as in ``results.json``)."""
     (out / "results.md").write_text(to_markdown(results))
-    fig = plot_recall_at_k(results["methods"], title=f"Recall@k, WordNet test split ({preset})")
+    fig = plot_recall_at_k(results["methods"], title=f"Recall@k, WordNet test split ({results['preset']})")
     fig.savefig(out / "recall_curves.png", dpi=120)
     plt.close(fig)
-    return results
+
+
+def replot(out: Path) -> None:
+    """Redraw ``results.md`` and ``recall_curves.png`` from ``out/results.json`` without running anything."""
+    path = out / "results.json"
+    if not path.exists():
+        raise FileNotFoundError(f"--replot needs {path}; run the benchmark with --out {out} first")
+    write_report(json.loads(path.read_text()), out)
 
 
 def main(argv=None) -> None:
@@ -299,8 +312,13 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--methods", nargs="*", default=None, help=f"subset of {list(METHODS)}")
     parser.add_argument("--merge", action="store_true", help="keep the other methods of an existing results.json")
+    parser.add_argument("--replot", action="store_true", help="only redraw results.md and the figure from results.json")
     args = parser.parse_args(argv)
-    run(args.preset, args.out / args.preset if args.out == Path("results") else args.out, args.methods, args.merge)
+    out = args.out / args.preset if args.out == Path("results") else args.out
+    if args.replot:
+        replot(out)
+    else:
+        run(args.preset, out, args.methods, args.merge)
 
 
 if __name__ == "__main__":

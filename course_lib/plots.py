@@ -23,6 +23,7 @@ def plot_recall_at_k(results: dict[str, dict[str, float]], ks=None, ax=None, tit
     """Recall@k against k (log axis), one line per method. ``results`` maps a method to its metrics dict."""
     if not results:
         raise ValueError("plot_recall_at_k needs at least one method's metrics")
+    own_figure = ax is None
     fig, ax = _axes(ax)
     for i, (name, metrics) in enumerate(results.items()):
         found = sorted(int(key.split("@")[1]) for key in metrics if key.startswith("recall@"))
@@ -34,7 +35,12 @@ def plot_recall_at_k(results: dict[str, dict[str, float]], ks=None, ax=None, tit
     ax.set_ylabel("Recall@k")
     ax.set_ylim(0, 1)
     ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
+    if len(results) > 5:  # a long legend would hide the curves: put it beside the axes
+        if own_figure:
+            fig.set_figwidth(fig.get_figwidth() + 3.5)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
+    else:
+        ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
 

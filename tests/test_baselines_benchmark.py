@@ -169,3 +169,23 @@ def test_merge_refuses_another_preset(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"preset": "full", "methods": {}}))
     with pytest.raises(ValueError, match="holds preset 'full', not 'fast'"):
         bench.main(["--preset", "fast", "--out", str(tmp_path), "--methods", "bm25", "--merge"])
+
+
+def test_replot_redraws_from_results_json_only(benchmark_run, tmp_path):
+    out = tmp_path / "replot"
+    shutil.copytree(benchmark_run, out)
+    results = json.loads((out / "results.json").read_text())
+    results["methods"]["bm25"]["recall@1"] = 0.123456  # edited by hand: the redraw must show it
+    (out / "results.json").write_text(json.dumps(results))
+    (out / "results.md").unlink()
+    (out / "recall_curves.png").unlink()
+    bench.main(["--preset", "fast", "--out", str(out), "--replot"])
+    assert "| bm25 | 0.123 |" in (out / "results.md").read_text()
+    assert (out / "recall_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "results.json").read_text()) == results  # nothing re-run or rewritten
+
+
+def test_replot_without_results_says_how_to_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run the benchmark with --out"):
+        bench.main(["--preset", "fast", "--out", str(tmp_path), "--replot"])
+    assert not list(tmp_path.iterdir())

@@ -57,6 +57,14 @@ def test_plot_recall_at_k():
     fig2, ax2 = plt.subplots()
     assert plots.plot_recall_at_k(METRICS, ks=[1, 10], ax=ax2) is fig2
     assert list(ax2.lines[0].get_xdata()) == [1, 10]
+    # many methods: the legend moves beside the axes (it would hide the curves), widening an own figure only
+    many = {f"method {i}": METRICS["bm25"] for i in range(8)}
+    fig3 = plots.plot_recall_at_k(many)
+    assert fig3.axes[0].get_legend().get_bbox_to_anchor().x0 > fig3.axes[0].get_window_extent().x1
+    assert fig3.get_figwidth() > fig.get_figwidth()
+    fig4, ax4 = plt.subplots(figsize=(4, 3))
+    plots.plot_recall_at_k(many, ax=ax4)
+    assert fig4.get_figwidth() == 4
 
 
 def test_plot_ann_tradeoff():
