@@ -27,14 +27,15 @@ from course_lib.config import get_config
 from course_lib.data import load_dataset
 from course_lib.in_batch import pretrain_simcse, train_in_batch
 from course_lib.index import ExactIndex, HNSWIndex, recall_vs_exact
-from course_lib.metrics import KS, embed_corpus, retrieval_metrics
+from course_lib.metrics import KS, embed_corpus, frequent_words, mean_token_f1, retrieval_metrics
 from course_lib.models import encode, encoder_from_bert, make_encoder
 from course_lib.plots import plot_recall_at_k
 from course_lib.retromae import pretrain, pretrain_texts
-from course_lib.simbert import train_simbert
+from course_lib.simbert import generate, held_out_pairs, make_pairs, make_simbert, train_simbert
 from course_lib.tokenizer import load_tokenizer
 from course_lib.utils import seed_everything
 
+GEN_FLOOR_WORDS = 6  # words in the "most frequent gloss words" generation floor
 REPORTED = ("recall@1", "recall@5", "recall@10", "recall@20", "recall@50", "recall@100", "mrr@10", "ndcg@10")
 
 
@@ -110,12 +111,31 @@ def run_simcse_unsup(cfg, data, tokenizer) -> MethodResult:
     return _trained_result(cfg, data, tokenizer, model, history)
 
 
-def run_simbert(cfg, data, tokenizer) -> MethodResult:
+def run_simbert(cfg, data, tokenizer, n_gen: int = 500) -> MethodResult:
     """SimBERT: joint seq2seq + similarity training on (example, gloss) pairs, both directions, under the UniLM
-    mask; retrieval with the pooled [CLS] of a sentence alone, notebook 02."""
+    mask; retrieval with the pooled [CLS] of a sentence alone, notebook 02. Generation is scored too: greedy
+    glosses (no repeated bigram) for ``n_gen`` held-out test sentences, token F1 before and after training,
+    next to two floors (copying the input; the most frequent gloss words) and three examples."""
     seed_everything(cfg.seed, cfg.num_threads)
-    model, history, _ = train_simbert(cfg, data, tokenizer, progress=False)
-    return _trained_result(cfg, data, tokenizer, model, history)
+    model = make_simbert(cfg, tokenizer)
+    src, ref = held_out_pairs(data, "test", min(n_gen, len(data.queries["test"])), cfg.seed)
+    before = generate(model, tokenizer, src, no_repeat_ngram_size=2)
+    pairs = make_pairs(data, "gloss")
+    model, history, _ = train_simbert(cfg, data, tokenizer, pairs=pairs, model=model, progress=False)
+    after = generate(model, tokenizer, src, no_repeat_ngram_size=2)
+    common = frequent_words([p.b for p in pairs], GEN_FLOOR_WORDS)
+    result = _trained_result(cfg, data, tokenizer, model, history)
+    result.extra = {"generation": {
+        "pairs": len(src),
+        "token_f1_untrained": round(mean_token_f1(before, ref), 4),
+        "token_f1_trained": round(mean_token_f1(after, ref), 4),
+        "token_f1_copy_input": round(mean_token_f1(src, ref), 4),
+        "token_f1_frequent_words": round(mean_token_f1([common] * len(ref), ref), 4),
+        "frequent_words": common,
+        "examples": [{"a": a, "reference": r, "untrained": b, "trained": t}
+                     for a, r, b, t in list(zip(src, ref, before, after))[:3]],
+    }}
+    return result
 
 
 def _pretrain_then_in_batch(cfg, data, tokenizer, decoder: bool | None) -> MethodResult:
@@ -235,6 +255,13 @@ def to_markdown(results: dict) -> str:
               f"on {h['n_vectors']} vectors ({h['embeddings']}): recall@10 vs exact {h['recall_at_10_vs_exact']:.4f}, "
               f"{h['speedup_vs_exact']:.1f}× the speed of exact search "
               f"({h['hnsw_ms_per_1k_queries']:.1f} vs {h['exact_ms_per_1k_queries']:.1f} ms per 1,000 queries)."]
+    for name, m in results["methods"].items():
+        if "generation" in m:
+            g = m["generation"]
+            lines += ["", f"Generation ({name}): greedy token F1 on {g['pairs']} held-out test pairs, untrained "
+                      f"{g['token_f1_untrained']:.3f} → trained {g['token_f1_trained']:.3f}; floors: copying the input "
+                      f"{g['token_f1_copy_input']:.3f}, the most frequent gloss words (\"{g['frequent_words']}\") "
+                      f"{g['token_f1_frequent_words']:.3f}."]
     return "\n".join(lines) + "\n"
 
 

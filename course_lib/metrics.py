@@ -154,6 +154,17 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def frequent_words(texts: list[str], k: int) -> str:
+    """The ``k`` most frequent words of ``texts`` (ties broken alphabetically), joined by spaces: the output of
+    a generator that learned word frequencies and nothing else, a floor for ``token_f1``."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    counts = Counter(w for t in texts for w in _words(t))
+    if not counts:
+        raise ValueError("frequent_words got no words: texts is empty or has no \\w characters")
+    return " ".join(w for w, _ in sorted(counts.items(), key=lambda wc: (-wc[1], wc[0]))[:k])
+
+
 def mean_token_f1(predictions: list[str], references: list[str]) -> float:
     """``token_f1`` averaged over pairs."""
     if len(predictions) != len(references) or not predictions:

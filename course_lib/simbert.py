@@ -59,6 +59,17 @@ def make_pairs(data, kind: str = "gloss") -> list[SimPair]:
     return pairs
 
 
+def held_out_pairs(data, split: str = "test", n: int = 100, seed: int = 0) -> tuple[list[str], list[str]]:
+    """``n`` (example sentence, gold document) pairs of a held-out split, a seeded sample: the texts A to
+    generate from and the references to score against. Dev and test senses are never a training positive,
+    so the model has not seen these glosses."""
+    ids, texts, relevant = data.split_items(split)
+    if not 1 <= n <= len(ids):
+        raise ValueError(f"n must be between 1 and the {len(ids)} {split} queries, got {n}")
+    pick = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    return [texts[i] for i in pick], [data.documents[min(relevant[i])] for i in pick]
+
+
 class SimBERT(torch.nn.Module):
     """The shared BERT, a linear pooler on [CLS] for similarity, and an LM head for generation.
 
@@ -234,6 +245,19 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
     return logits
 
 
+def _ban_repeats(logits: torch.Tensor, out: torch.Tensor, n: int) -> None:
+    """In place: −inf on every token that would repeat an n-gram already in that row's output ``out``
+    (n, t), the guard greedy decoding needs against loops ("the the the …"; Paulus et al., 2018, §2.5)."""
+    t = out.shape[1]
+    if t < n - 1:
+        return
+    for r, row in enumerate(out.tolist()):
+        prefix = row[t - n + 1:] if n > 1 else []
+        seen = [row[i + n - 1] for i in range(t - n + 1) if row[i:i + n - 1] == prefix]
+        if seen:
+            logits[r, seen] = float("-inf")
+
+
 @torch.inference_mode()
 def generate(
     model: SimBERT,
@@ -246,6 +270,7 @@ def generate(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
+    no_repeat_ngram_size: int = 0,
     generator: torch.Generator | None = None,
 ) -> list[str]:
     """Generate segment B for each text A, greedily or by sampling, until [SEP] or ``max_new_tokens``.
@@ -254,7 +279,8 @@ def generate(
     hidden by the mask and the position ids of b continuing right after A_r's [SEP], so every row computes
     exactly what it would alone. Special tokens other than [SEP] are never produced. Sampling divides the
     logits by ``temperature`` and then applies ``top_k`` / ``top_p``; pass a seeded CPU ``generator`` for
-    reproducible samples.
+    reproducible samples. ``no_repeat_ngram_size`` = n > 0 forbids any token that would repeat an n-gram of
+    the row's output so far (the guard ``transformers``' ``generate`` offers under the same name).
     """
     if isinstance(texts, str):
         raise TypeError("generate expects a list of texts, not a single string; wrap it: [text]")
@@ -268,6 +294,8 @@ def generate(
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0 (0 = no top-k filter), got {top_k}")
+    if no_repeat_ngram_size < 0:
+        raise ValueError(f"no_repeat_ngram_size must be >= 0 (0 = no guard), got {no_repeat_ngram_size}")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -289,6 +317,8 @@ def generate(
             last = hidden[:, -1] if t else hidden[torch.arange(n, device=device), src_len - 1]  # (n, H)
             logits = model.lm_head(last).float()  # (n, V)
             logits[:, banned] = float("-inf")
+            if no_repeat_ngram_size:
+                _ban_repeats(logits, out, no_repeat_ngram_size)
             if do_sample:
                 probs = _filter_logits(logits / temperature, top_k, top_p).softmax(-1)  # (n, V)
                 nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)  # (n,)

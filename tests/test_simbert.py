@@ -7,12 +7,14 @@ import torch.nn.functional as F
 
 from course_lib.config import get_config
 from course_lib.data import load_dataset
-from course_lib.metrics import evaluate, mean_token_f1, token_f1
+from course_lib.metrics import evaluate, frequent_words, mean_token_f1, token_f1
 from course_lib.models import encode
 from course_lib.simbert import (
     SimPair,
+    _ban_repeats,
     _filter_logits,
     generate,
+    held_out_pairs,
     make_pairs,
     make_simbert,
     pair_rows,
@@ -192,6 +194,26 @@ def test_filter_logits():
     assert torch.isinf(_filter_logits(logits, top_k=0, top_p=0.1)).tolist() == [[False, True, True, True]]
 
 
+def test_ban_repeats():
+    out = torch.tensor([[5, 6, 5, 7, 5], [1, 2, 3, 4, 5]])  # (2, t=5) generated so far
+    for n, banned in [(1, [{5, 6, 7}, {1, 2, 3, 4, 5}]), (2, [{6, 7}, set()]), (3, [set(), set()])]:
+        logits = torch.zeros(2, 10)
+        _ban_repeats(logits, out, n)
+        assert [set(torch.isinf(row).nonzero().flatten().tolist()) for row in logits] == banned
+    logits = torch.zeros(2, 10)
+    _ban_repeats(logits, out[:, :1], 3)  # shorter than n - 1: nothing to repeat yet
+    assert not torch.isinf(logits).any()
+
+
+def test_no_repeat_ngram_generation(setup, model):
+    """The untrained model loops; with the guard no bigram of any output occurs twice."""
+    _, tok = setup
+    for text in generate(model, tok, [p.a for p in PAIRS], max_new_tokens=24, no_repeat_ngram_size=2):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        bigrams = list(zip(ids, ids[1:]))
+        assert len(bigrams) == len(set(bigrams))
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -199,6 +221,7 @@ def test_filter_logits():
         ({"do_sample": True, "temperature": 0.0}, "temperature"),
         ({"top_p": 0.0}, "top_p"),
         ({"top_k": -1}, "top_k"),
+        ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size"),
     ],
 )
 def test_generate_bad_arguments(setup, model, kwargs, match):
@@ -219,6 +242,47 @@ def test_token_f1():
     assert mean_token_f1(["a", "b"], ["a", "c"]) == 0.5
     with pytest.raises(ValueError, match="as many"):
         mean_token_f1(["a"], [])
+
+
+def test_frequent_words():
+    assert frequent_words(["of a", "a b", "the a"], 2) == "a b"  # a ×3, then b/of/the ×1: ties alphabetical
+    assert frequent_words(["The THE the", "a"], 5) == "the a"  # fewer distinct words than k
+    with pytest.raises(ValueError, match="k must be"):
+        frequent_words(["a"], 0)
+    with pytest.raises(ValueError, match="no words"):
+        frequent_words(["", "..."], 3)
+
+
+def test_held_out_pairs(setup):
+    data, _ = setup
+    src, ref = held_out_pairs(data, "test", 50, seed=0)
+    assert len(src) == len(ref) == 50 and (src, ref) == held_out_pairs(data, "test", 50, seed=0)
+    assert src != held_out_pairs(data, "test", 50, seed=1)[0]
+    trained = {e.positive for e in data.train}
+    relevant = {text: rel for _, text, rel in zip(*data.split_items("test"))}
+    for a, r in zip(src, ref):
+        assert r in {data.documents[d] for d in relevant[a]}  # the gold document of that sentence
+        assert not relevant[a] & trained  # a sense the model never trained on
+    with pytest.raises(ValueError, match="n must be"):
+        held_out_pairs(data, "test", 0)
+
+
+def test_benchmark_simbert_scores_generation(setup):
+    """The benchmark's simbert method runs on a tiny budget and reports generation before and after."""
+    from course_lib import benchmark as bench
+
+    data, tok = setup
+    result = bench.run_simbert(CFG.replace(train_steps=3), data, tok, n_gen=8)
+    g = result.extra["generation"]
+    assert result.steps == 3 and g["pairs"] == 8 and len(g["examples"]) == 3
+    for key in ("token_f1_untrained", "token_f1_trained", "token_f1_copy_input", "token_f1_frequent_words"):
+        assert 0.0 <= g[key] <= 1.0, key
+    assert len(g["frequent_words"].split()) == bench.GEN_FLOOR_WORDS
+    assert "Generation (simbert)" in bench.to_markdown(
+        {"preset": "fast", "dataset": "wordnet", "n_docs": 1, "n_test_queries": 1, "machine": "m", "date": "d",
+         "methods": {"simbert": result.metrics | {"train_seconds": 1.0, "steps": 3} | result.extra},
+         "hnsw": {"recall_at_10_vs_exact": 1.0, "speedup_vs_exact": 1.0, "n_vectors": 1, "hnsw_ms_per_1k_queries": 1.0,
+                  "exact_ms_per_1k_queries": 1.0, "embeddings": "x", "params": {"M": 16, "ef_construction": 200, "ef": 64}}})
 
 
 def test_training_learns_to_generate_and_retrieve(setup):
