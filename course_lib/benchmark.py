@@ -27,11 +27,18 @@ from course_lib.config import get_config
 from course_lib.data import load_dataset
 from course_lib.in_batch import pretrain_simcse, train_in_batch
 from course_lib.index import ExactIndex, HNSWIndex, recall_vs_exact
-from course_lib.metrics import KS, embed_corpus, frequent_words, mean_token_f1, retrieval_metrics
+from course_lib.metrics import KS, corpus_bleu, embed_corpus, frequent_words, mean_token_f1, retrieval_metrics
 from course_lib.models import encode, encoder_from_bert, make_encoder
 from course_lib.plots import plot_recall_at_k
 from course_lib.retromae import pretrain, pretrain_texts
-from course_lib.simbert import generate, held_out_pairs, make_pairs, make_simbert, train_simbert
+from course_lib.simbert import (
+    generate,
+    held_out_pairs,
+    make_pairs,
+    make_simbert,
+    simbert_from_pretrained,
+    train_simbert,
+)
 from course_lib.tokenizer import load_tokenizer
 from course_lib.utils import seed_everything
 
@@ -111,44 +118,68 @@ def run_simcse_unsup(cfg, data, tokenizer) -> MethodResult:
     return _trained_result(cfg, data, tokenizer, model, history)
 
 
-def run_simbert(cfg, data, tokenizer, n_gen: int = 500) -> MethodResult:
-    """SimBERT: joint seq2seq + similarity training on (example, gloss) pairs, both directions, under the UniLM
-    mask; retrieval with the pooled [CLS] of a sentence alone, notebook 02. Generation is scored too: greedy
-    glosses (no repeated bigram) for ``n_gen`` held-out test sentences, token F1 before and after training,
-    next to two floors (copying the input; the most frequent gloss words) and three examples."""
-    seed_everything(cfg.seed, cfg.num_threads)
-    model = make_simbert(cfg, tokenizer)
+def _simbert_with_generation(cfg, data, tokenizer, model, start: str, n_gen: int, extra: dict) -> MethodResult:
+    """Train ``model`` with SimBERT's recipe and score generation: greedy outputs (no repeated bigram) for
+    ``n_gen`` held-out test sentences, before and after training, by token F1 and corpus BLEU-4, next to two
+    floors (copying the input; the most frequent gloss words), plus three examples."""
     src, ref = held_out_pairs(data, "test", min(n_gen, len(data.queries["test"])), cfg.seed)
     before = generate(model, tokenizer, src, no_repeat_ngram_size=2)
     pairs = make_pairs(data, "gloss")
+    seed_everything(cfg.seed, cfg.num_threads)
     model, history, _ = train_simbert(cfg, data, tokenizer, pairs=pairs, model=model, progress=False)
     after = generate(model, tokenizer, src, no_repeat_ngram_size=2)
     common = frequent_words([p.b for p in pairs], GEN_FLOOR_WORDS)
+    scored = {"before": before, "after": after, "copy_input": src, "frequent_words": [common] * len(ref)}
     result = _trained_result(cfg, data, tokenizer, model, history)
-    result.extra = {"generation": {
+    result.train_seconds += extra.get("pretrain_seconds", 0.0)
+    result.extra = extra | {"generation": {
         "pairs": len(src),
-        "token_f1_untrained": round(mean_token_f1(before, ref), 4),
-        "token_f1_trained": round(mean_token_f1(after, ref), 4),
-        "token_f1_copy_input": round(mean_token_f1(src, ref), 4),
-        "token_f1_frequent_words": round(mean_token_f1([common] * len(ref), ref), 4),
+        "start": start,
         "frequent_words": common,
-        "examples": [{"a": a, "reference": r, "untrained": b, "trained": t}
+        **{f"token_f1_{k}": round(mean_token_f1(v, ref), 4) for k, v in scored.items()},
+        **{f"bleu_{k}": round(corpus_bleu(v, ref), 4) for k, v in scored.items()},
+        "examples": [{"a": a, "reference": r, "before": b, "after": t}
                      for a, r, b, t in list(zip(src, ref, before, after))[:3]],
     }}
     return result
+
+
+def run_simbert(cfg, data, tokenizer, n_gen: int = 500) -> MethodResult:
+    """SimBERT from random weights: joint seq2seq + similarity training on (example, gloss) pairs, both
+    directions, under the UniLM mask, at ``cfg.simbert_lr``; retrieval with the pooled [CLS] of a sentence
+    alone, notebook 02. Generation is scored before and after training."""
+    seed_everything(cfg.seed, cfg.num_threads)
+    return _simbert_with_generation(cfg, data, tokenizer, make_simbert(cfg, tokenizer), "random weights", n_gen, {})
+
+
+def run_mlm_then_simbert(cfg, data, tokenizer, n_gen: int = 500) -> MethodResult:
+    """SimBERT from an MLM-pretrained BERT and LM head (``cfg.pretrain_steps`` of notebook 03's plain MLM), as
+    the reference starts from pretrained BERT; fine-tuned at ``cfg.finetune_lr`` (a pretrained start takes the
+    lr that collapses [CLS] from scratch). "Before" is the MLM start's generation; ``train_seconds`` counts
+    both stages."""
+    pretrained, extra = _pretrain(cfg, data, tokenizer, decoder=False)
+    return _simbert_with_generation(cfg.replace(simbert_lr=cfg.finetune_lr), data, tokenizer,
+                                    simbert_from_pretrained(pretrained), f"MLM, {extra['pretrain_steps']} steps",
+                                    n_gen, extra)
+
+
+def _pretrain(cfg, data, tokenizer, decoder: bool):
+    """Seeded RetroMAE (``decoder=True``) or plain MLM pretraining on ``pretrain_texts`` for
+    ``cfg.pretrain_steps``: the model and its figures for results.json."""
+    seed_everything(cfg.seed, cfg.num_threads)
+    pretrained, h_pre, parts = pretrain(cfg, pretrain_texts(data), tokenizer, decoder=decoder, progress=False)
+    return pretrained, {"pretrain_steps": h_pre.steps, "pretrain_seconds": round(h_pre.train_seconds, 1),
+                        "pretrain_final_losses": {k: sum(v[-50:]) / len(v[-50:]) for k, v in parts.items() if v}}
 
 
 def _pretrain_then_in_batch(cfg, data, tokenizer, decoder: bool | None) -> MethodResult:
     """Pretrain (RetroMAE with ``decoder=True``, plain MLM with False, nothing with None) for
     ``cfg.pretrain_steps``, then the same in-batch fine-tuning from that start: [CLS] pooling at
     ``cfg.finetune_lr`` for ``cfg.train_steps``, notebook 03. ``train_seconds`` counts both stages."""
-    seed_everything(cfg.seed, cfg.num_threads)
     bert, extra = None, {"pretrain_steps": 0, "pretrain_seconds": 0.0}
     if decoder is not None:
-        pretrained, h_pre, parts = pretrain(cfg, pretrain_texts(data), tokenizer, decoder=decoder, progress=False)
+        pretrained, extra = _pretrain(cfg, data, tokenizer, decoder)
         bert = pretrained.bert
-        extra = {"pretrain_steps": h_pre.steps, "pretrain_seconds": round(h_pre.train_seconds, 1),
-                 "pretrain_final_losses": {k: sum(v[-50:]) / len(v[-50:]) for k, v in parts.items() if v}}
     seed_everything(cfg.seed, cfg.num_threads)
     ft_cfg = cfg.replace(pooling="cls", lr=cfg.finetune_lr)
     model, history = train_in_batch(ft_cfg, data, tokenizer, model=encoder_from_bert(ft_cfg, tokenizer, bert),
@@ -183,6 +214,7 @@ METHODS = {
     "in_batch_hardneg": run_in_batch_hardneg,
     "in_batch": run_in_batch,
     "simbert": run_simbert,
+    "mlm_then_simbert": run_mlm_then_simbert,
     "random_then_in_batch": run_random_then_in_batch,
     "mlm_then_in_batch": run_mlm_then_in_batch,
     "retromae_then_in_batch": run_retromae_then_in_batch,
@@ -258,10 +290,11 @@ def to_markdown(results: dict) -> str:
     for name, m in results["methods"].items():
         if "generation" in m:
             g = m["generation"]
-            lines += ["", f"Generation ({name}): greedy token F1 on {g['pairs']} held-out test pairs, untrained "
-                      f"{g['token_f1_untrained']:.3f} → trained {g['token_f1_trained']:.3f}; floors: copying the input "
-                      f"{g['token_f1_copy_input']:.3f}, the most frequent gloss words (\"{g['frequent_words']}\") "
-                      f"{g['token_f1_frequent_words']:.3f}."]
+            lines += ["", f"Generation ({name}, from {g['start']}): greedy on {g['pairs']} held-out test pairs, "
+                      f"token F1 {g['token_f1_before']:.3f} → {g['token_f1_after']:.3f}, BLEU-4 {g['bleu_before']:.3f} → "
+                      f"{g['bleu_after']:.3f} (before → after training); floors (F1 / BLEU-4): copying the input "
+                      f"{g['token_f1_copy_input']:.3f} / {g['bleu_copy_input']:.3f}, the most frequent gloss words "
+                      f"(\"{g['frequent_words']}\") {g['token_f1_frequent_words']:.3f} / {g['bleu_frequent_words']:.3f}."]
     return "\n".join(lines) + "\n"
 
 

@@ -6,7 +6,7 @@ Information Retrieval*, 2008, §8.4 and §8.4's nDCG; BEIR, Thakur et al., 2021,
 - MRR@k = 1 / rank of the first relevant document in the top k (0 if none)
 - nDCG@k = Σ_{i≤k} rel_i / log2(i + 1), divided by its value for an ideal ranking
 
-and, for generated text, a word-overlap F1 (``token_f1``).
+and, for generated text, a word-overlap F1 (``token_f1``) and corpus BLEU (``corpus_bleu``).
 """
 
 import math
@@ -163,6 +163,33 @@ def frequent_words(texts: list[str], k: int) -> str:
     if not counts:
         raise ValueError("frequent_words got no words: texts is empty or has no \\w characters")
     return " ".join(w for w, _ in sorted(counts.items(), key=lambda wc: (-wc[1], wc[0]))[:k])
+
+
+def corpus_bleu(predictions: list[str], references: list[str], max_n: int = 4) -> float:
+    """Corpus BLEU of generated texts against one reference each (Papineni et al., 2002, §2.1–2.3): clipped
+    n-gram precisions for n = 1..``max_n`` pooled over the corpus, their geometric mean, times the brevity
+    penalty exp(1 − r/c) when the c predicted words are fewer than the r reference words. Words as in
+    ``token_f1``; no smoothing, so 0 when some n-gram order has no match. Unlike token F1 it rewards word order:
+    a bag of frequent words scores near 0."""
+    if len(predictions) != len(references) or not predictions:
+        raise ValueError(f"need as many predictions as references, at least one; got {len(predictions)} and {len(references)}")
+    if not isinstance(max_n, int) or max_n < 1:
+        raise ValueError(f"max_n must be a positive int, got {max_n!r}")
+    matches, totals = [0] * max_n, [0] * max_n
+    pred_len = ref_len = 0
+    for prediction, reference in zip(predictions, references):
+        pred, ref = _words(prediction), _words(reference)
+        pred_len, ref_len = pred_len + len(pred), ref_len + len(ref)
+        for n in range(1, max_n + 1):
+            p_grams = Counter(tuple(pred[i:i + n]) for i in range(len(pred) - n + 1))
+            r_grams = Counter(tuple(ref[i:i + n]) for i in range(len(ref) - n + 1))
+            matches[n - 1] += sum((p_grams & r_grams).values())
+            totals[n - 1] += sum(p_grams.values())
+    if min(matches) == 0:
+        return 0.0
+    log_precision = sum(math.log(m / t) for m, t in zip(matches, totals)) / max_n
+    brevity = 1.0 if pred_len > ref_len else math.exp(1 - ref_len / pred_len)
+    return brevity * math.exp(log_precision)
 
 
 def mean_token_f1(predictions: list[str], references: list[str]) -> float:

@@ -13,6 +13,7 @@ Segment-A rows never see segment B, so the [CLS] output of ``[CLS] A [SEP] B [SE
 sentence is encoded alone (METHODS.md §2).
 """
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -114,6 +115,15 @@ class SimBERT(torch.nn.Module):
 def make_simbert(cfg, tokenizer) -> SimBERT:
     """A randomly initialised SimBERT with the course encoder's size (``course_lib.models.bert_config``)."""
     return SimBERT(BertModel(bert_config(cfg, tokenizer), add_pooling_layer=False))
+
+
+def simbert_from_pretrained(pretrained) -> SimBERT:
+    """A SimBERT that starts from a *copy* of a pretrained BERT and its LM head, e.g. the MLM model of
+    ``course_lib.retromae.pretrain(decoder=False)``; only the linear pooler is new. The reference starts from
+    pretrained Chinese BERT weights (METHODS.md §2(b)): generation needs a language model to begin with."""
+    model = SimBERT(copy.deepcopy(pretrained.bert))
+    model.lm_head.load_state_dict(pretrained.lm_head.state_dict())  # its decoder weight is the copy's embeddings
+    return model
 
 
 # ---------------------------------------------------------------------------------------------------------

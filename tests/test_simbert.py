@@ -1,14 +1,17 @@
 """SimBERT: pairs and rows, the similarity loss, seq2seq targets, the [CLS]-invariance check (METHODS.md
 §2(c) 2–4), generation (batched = one by one, sampling filters) and a short training run."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from course_lib.config import get_config
 from course_lib.data import load_dataset
-from course_lib.metrics import evaluate, frequent_words, mean_token_f1, token_f1
+from course_lib.metrics import corpus_bleu, evaluate, frequent_words, mean_token_f1, token_f1
 from course_lib.models import encode
+from course_lib.retromae import make_retromae
 from course_lib.simbert import (
     SimPair,
     _ban_repeats,
@@ -20,6 +23,7 @@ from course_lib.simbert import (
     pair_rows,
     seq2seq_loss,
     seq2seq_targets,
+    simbert_from_pretrained,
     simbert_similarity_loss,
     similar_sentences,
     train_simbert,
@@ -267,22 +271,69 @@ def test_held_out_pairs(setup):
         held_out_pairs(data, "test", 0)
 
 
-def test_benchmark_simbert_scores_generation(setup):
-    """The benchmark's simbert method runs on a tiny budget and reports generation before and after."""
+def test_corpus_bleu():
+    # "the cat sat on the mat" vs "the cat is on the mat": unigrams 5/6, bigrams 3/5, equal lengths (no penalty)
+    assert corpus_bleu(["the cat sat on the mat"], ["the cat is on the mat"], max_n=2) == pytest.approx(0.5**0.5)
+    assert corpus_bleu(["The cat sat down."], ["the cat sat down"]) == 1.0
+    assert corpus_bleu(["the cat"], ["the cat sat down"], max_n=1) == pytest.approx(math.exp(1 - 4 / 2))  # brevity
+    assert corpus_bleu(["cat the"], ["the cat"], max_n=2) == 0.0  # the right words in the wrong order
+    assert corpus_bleu(["a b", "c d"], ["a b", "x y"], max_n=1) == 0.5  # counts pooled over the corpus
+    assert corpus_bleu(["a b c d e"], ["a b"], max_n=1) == pytest.approx(2 / 5)  # long: precision, no penalty
+    with pytest.raises(ValueError, match="as many"):
+        corpus_bleu(["a"], ["a", "b"])
+    with pytest.raises(ValueError, match="max_n"):
+        corpus_bleu(["a"], ["a"], max_n=0)
+
+
+def test_simbert_from_pretrained(setup):
+    """A pretrained start is a copy: same encoder and LM head outputs, the head still tied, the original
+    untouched by training the copy."""
+    _, tok = setup
+    seed_everything(0)
+    mlm = make_retromae(CFG, tok, decoder=False).eval()
+    sim = simbert_from_pretrained(mlm).eval()
+    assert sim.lm_head.word_embeddings is sim.bert.get_input_embeddings() is not mlm.bert.get_input_embeddings()
+    ids = torch.tensor([[tok.cls_token_id, 5, 6, 7, tok.sep_token_id]])
+    att = torch.ones_like(ids)
+    h = mlm(ids, att)  # (1, 5, H)
+    assert torch.allclose(sim.bert(input_ids=ids, attention_mask=att).last_hidden_state, h)
+    assert torch.allclose(sim.lm_head(h), mlm.lm_head(h))
+    with torch.no_grad():
+        sim.bert.get_input_embeddings().weight.add_(1.0)
+    assert torch.allclose(mlm(ids, att), h)
+
+
+def _markdown_of(name, result):
+    from course_lib import benchmark as bench
+
+    return bench.to_markdown(
+        {"preset": "fast", "dataset": "wordnet", "n_docs": 1, "n_test_queries": 1, "machine": "m", "date": "d",
+         "methods": {name: result.metrics | {"train_seconds": 1.0, "steps": 3} | result.extra},
+         "hnsw": {"recall_at_10_vs_exact": 1.0, "speedup_vs_exact": 1.0, "n_vectors": 1, "hnsw_ms_per_1k_queries": 1.0,
+                  "exact_ms_per_1k_queries": 1.0, "embeddings": "x", "params": {"M": 16, "ef_construction": 200, "ef": 64}}})
+
+
+@pytest.mark.parametrize("method", ["simbert", "mlm_then_simbert"])
+def test_benchmark_simbert_scores_generation(setup, method):
+    """The benchmark's SimBERT methods run on a tiny budget and report generation before and after, by token F1
+    and BLEU, with both floors; the MLM start counts its pretraining."""
     from course_lib import benchmark as bench
 
     data, tok = setup
-    result = bench.run_simbert(CFG.replace(train_steps=3), data, tok, n_gen=8)
+    result = bench.METHODS[method](CFG.replace(train_steps=3, pretrain_steps=2), data, tok, n_gen=8)
     g = result.extra["generation"]
     assert result.steps == 3 and g["pairs"] == 8 and len(g["examples"]) == 3
-    for key in ("token_f1_untrained", "token_f1_trained", "token_f1_copy_input", "token_f1_frequent_words"):
-        assert 0.0 <= g[key] <= 1.0, key
+    for metric in ("token_f1", "bleu"):
+        for key in ("before", "after", "copy_input", "frequent_words"):
+            assert 0.0 <= g[f"{metric}_{key}"] <= 1.0, (metric, key)
     assert len(g["frequent_words"].split()) == bench.GEN_FLOOR_WORDS
-    assert "Generation (simbert)" in bench.to_markdown(
-        {"preset": "fast", "dataset": "wordnet", "n_docs": 1, "n_test_queries": 1, "machine": "m", "date": "d",
-         "methods": {"simbert": result.metrics | {"train_seconds": 1.0, "steps": 3} | result.extra},
-         "hnsw": {"recall_at_10_vs_exact": 1.0, "speedup_vs_exact": 1.0, "n_vectors": 1, "hnsw_ms_per_1k_queries": 1.0,
-                  "exact_ms_per_1k_queries": 1.0, "embeddings": "x", "params": {"M": 16, "ef_construction": 200, "ef": 64}}})
+    if method == "mlm_then_simbert":
+        assert g["start"] == "MLM, 2 steps" and result.extra["pretrain_steps"] == 2
+        assert result.train_seconds > result.extra["pretrain_seconds"] > 0
+    else:
+        assert g["start"] == "random weights" and "pretrain_steps" not in result.extra
+    line = _markdown_of(method, result)
+    assert f"Generation ({method}, from {g['start']})" in line and "BLEU-4" in line
 
 
 def test_training_learns_to_generate_and_retrieve(setup):
