@@ -28,7 +28,9 @@ def plot_recall_at_k(results: dict[str, dict[str, float]], ks=None, ax=None, tit
     for i, (name, metrics) in enumerate(results.items()):
         found = sorted(int(key.split("@")[1]) for key in metrics if key.startswith("recall@"))
         kk = [k for k in (ks or found) if f"recall@{k}" in metrics]
-        ax.plot(kk, [metrics[f"recall@{k}"] for k in kk], marker="o", color=COLORS[i % len(COLORS)],
+        wrap = i // len(COLORS)  # past the palette: same colours, another line style and marker
+        ax.plot(kk, [metrics[f"recall@{k}"] for k in kk], color=COLORS[i % len(COLORS)],
+                ls=("-", "--", ":")[wrap % 3], marker=("o", "s", "^")[wrap % 3],
                 label=f"{name} (MRR@10 {metrics.get('mrr@10', float('nan')):.3f})")
     ax.set_xscale("log")
     ax.set_xlabel("k (documents retrieved)")

@@ -65,6 +65,10 @@ def test_plot_recall_at_k():
     fig4, ax4 = plt.subplots(figsize=(4, 3))
     plots.plot_recall_at_k(many, ax=ax4)
     assert fig4.get_figwidth() == 4
+    # more methods than colours: no two lines share both colour and style
+    lots = {f"method {i}": METRICS["bm25"] for i in range(len(plots.COLORS) + 3)}
+    looks = [(line.get_color(), line.get_linestyle()) for line in plots.plot_recall_at_k(lots).axes[0].lines]
+    assert len(set(looks)) == len(lots)
 
 
 def test_plot_ann_tradeoff():
