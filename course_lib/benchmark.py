@@ -159,7 +159,7 @@ def run_mlm_then_simbert(cfg, data, tokenizer, n_gen: int = 500) -> MethodResult
     both stages."""
     pretrained, extra = _pretrain(cfg, data, tokenizer, decoder=False)
     return _simbert_with_generation(cfg.replace(simbert_lr=cfg.finetune_lr), data, tokenizer,
-                                    simbert_from_pretrained(pretrained), f"MLM, {extra['pretrain_steps']} steps",
+                                    simbert_from_pretrained(pretrained), f"an MLM start, {extra['pretrain_steps']} pretraining steps",
                                     n_gen, extra)
 
 

@@ -269,7 +269,7 @@ print(f"seq2seq loss {my_s2s:.2f} over {int(where.sum())} B tokens (checked; ln 
 # gold gloss, with word-overlap F1 (SQuAD's token F1, without its removal of articles, so "the" counts).
 # Two floors keep that number honest. **Copy the input**: a gloss lists its synset's words, and the example
 # usually contains one of them. **Frequent words**: the six most frequent words of the training glosses,
-# the same for every sentence; a model that learned word frequencies and nothing else scores about this.
+# the same for every sentence: the best a model could hope for by knowing word frequencies and nothing else.
 #
 # A weak model decoding greedily tends to loop ("the the the …"). Every score below, before and after
 # training, uses the usual guard: no bigram may occur twice in an output (`no_repeat_ngram_size=2`, the
@@ -343,8 +343,8 @@ assert f1_after > f1_before, "generation should move towards the reference"
 
 # %% [markdown]
 # Be honest about what this shows. The trained model's F1 is above the untrained one's, but far below both
-# floors: greedy decoding mostly says "the" or "a" and stops. A hundred-odd steps from scratch teach the model which
-# words are frequent in glosses, not how to write one. The benchmark's longer runs from random weights say the same
+# floors: greedy decoding mostly says "the" or "a" and stops. These steps from scratch teach the model that a few
+# words are frequent in glosses, not how to write one, nor even the best fixed six-word bag. The benchmark's longer runs from random weights say the same
 # (`python -m course_lib.benchmark --methods simbert`, 500 held-out pairs, README): greedy F1 0.001 → 0.031
 # after 300 steps of 32 pairs (FAST data) and 0.001 → 0.074 after 800 (full data, "the the a the"), against
 # floors of 0.17–0.20. Meanwhile the similarity loss, in the same steps, already ranks partners (section 9):
@@ -392,7 +392,7 @@ for text, score in similar_sentences(simbert, tokenizer, query, candidates, k=6)
 # short training mostly teaches surface overlap.
 #
 # **Sense retrieval at equal budget.** The in-batch model of notebook 01 trains on the same pairs with the
-# same number of steps and pairs per batch (mean pooling, τ = 0.05, one direction, its own lr 2e-3).
+# same number of steps and pairs per batch (mean pooling, τ = 0.05, one direction, its own lr `cfg.lr`, 2e-3 in FAST).
 # SimBERT spends part of every step on generation and encodes each pair twice as one long row, so each of
 # its steps costs more (times printed below).
 
@@ -419,7 +419,8 @@ assert results[f"SimBERT ({STEPS} steps)"]["recall@10"] > results["untrained Sim
 # SimBERT's author calls retrieval a by-product of a synonym generator, trained with no special care for
 # negatives and usually weaker than a retriever trained for the job (simbert issue #10). In this short FAST
 # run the two dense models are close (printed above); in the benchmark's longer runs (README) the in-batch
-# model is ahead: Recall@10 0.526 vs 0.389 (FAST, 300 steps) and 0.455 vs 0.379 (full, 800 steps). BM25 stays
+# model is ahead: Recall@10 0.526 vs 0.389 (FAST, 300 steps) and 0.455 vs 0.379 (full, 800 steps), with its
+# batches of 64 pairs against SimBERT's 32. BM25 stays
 # far ahead of both in FAST mode: an example sentence almost always contains one of its gloss's words, and
 # the FAST corpus holds few synsets per word (notebook 00). What SimBERT adds is the generator: the same
 # weights that embed a sentence learn to write a gloss for it.
@@ -437,8 +438,9 @@ assert results[f"SimBERT ({STEPS} steps)"]["recall@10"] > results["untrained Sim
 # - One small model generates (greedy or sampled) and retrieves; generation needs far more training than
 #   retrieval: from scratch, at this size and budget, it learns gloss word frequencies, not glosses (below the
 #   frequent-words floor), and trained longer, the plain in-batch model retrieves better (README results).
-# - Generation wants a pretrained language model, as in the reference: from an MLM start the output is
-#   gloss-shaped and beats both floors on BLEU-4, though not yet on token F1.
+# - Generation wants a pretrained language model, as in the reference: from the full preset's MLM start the
+#   output is gloss-shaped and beats both floors on BLEU-4, though not on token F1; FAST's 300 pretraining steps
+#   lift token F1 (0.074 → 0.103 in the benchmark) but not BLEU-4 (0.000).
 # - Score generated text against floors (copy the input, frequent words), not only against the untrained
 #   model: "better than random" is easy. A bag-of-words score (token F1) and an order-aware one (BLEU) can
 #   disagree; report both.
@@ -463,12 +465,14 @@ assert results[f"SimBERT ({STEPS} steps)"]["recall@10"] > results["untrained Sim
 # 4. **Diversity.** Sample ten outputs for `gen_src[0]` (seeds 0–9, `top_p=1.0`) at temperature 0.3 and at
 #    1.5. Check: `assert len(set(hot)) >= len(set(cold))`. Then compare their mean token F1 against
 #    `gen_ref[0]`: does diversity cost faithfulness here?
-# 5. **A pretrained start.** Pretrain notebook 03's plain MLM for the preset's steps (about 75 s in FAST) and
-#    train SimBERT from it, at the learning rate a pretrained [CLS] takes (`from course_lib.retromae import
-#    pretrain, pretrain_texts`, `from course_lib.simbert import simbert_from_pretrained`):
+# 5. **A pretrained start.** Pretrain notebook 03's plain MLM for the preset's steps (300 in FAST, about a
+#    minute; 2,500 in full, about 12 minutes) and
+#    train SimBERT from it at `cfg.finetune_lr` (1e-3, notebook 03's fine-tuning lr: a pretrained [CLS] does not
+#    collapse there as a random one does at 2e-3). With `from course_lib.retromae import pretrain, pretrain_texts`
+#    and `from course_lib.simbert import simbert_from_pretrained`: `seed_everything(cfg.seed, cfg.num_threads)`,
 #    `mlm, _, _ = pretrain(cfg, pretrain_texts(data), tokenizer, decoder=False)`, then
 #    `m_pre, _, _ = train_simbert(cfg.replace(simbert_lr=cfg.finetune_lr), data, tokenizer, pairs=pairs, model=simbert_from_pretrained(mlm), steps=STEPS, batch_size=BATCH_PAIRS)`.
 #    Check that its greedy glosses beat the from-scratch model's:
 #    `assert mean_token_f1(generate(m_pre, tokenizer, gen_src, no_repeat_ngram_size=2), gen_ref) > f1_after`.
-#    Read a few outputs, and its `test_metrics(m_pre)`: what did 300 pretraining steps do to retrieval (notebook
-#    03, section 7, meets the same thing)?
+#    Read a few outputs, and its `test_metrics(m_pre)`: what did FAST's 300 pretraining steps do to retrieval
+#    (notebook 03, section 7, meets the same thing)?

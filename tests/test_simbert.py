@@ -328,7 +328,7 @@ def test_benchmark_simbert_scores_generation(setup, method):
             assert 0.0 <= g[f"{metric}_{key}"] <= 1.0, (metric, key)
     assert len(g["frequent_words"].split()) == bench.GEN_FLOOR_WORDS
     if method == "mlm_then_simbert":
-        assert g["start"] == "MLM, 2 steps" and result.extra["pretrain_steps"] == 2
+        assert g["start"] == "an MLM start, 2 pretraining steps" and result.extra["pretrain_steps"] == 2
         assert result.train_seconds > result.extra["pretrain_seconds"] > 0
     else:
         assert g["start"] == "random weights" and "pretrain_steps" not in result.extra
