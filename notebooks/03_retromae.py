@@ -16,7 +16,7 @@
 # pretraining curves for RetroMAE and for plain MLM at the same steps; then the same in-batch fine-tuning from
 # three starts (random, MLM, RetroMAE) with recall curves on the test split.
 #
-# **Run time:** FAST preset about 65 s on 2 CPU cores; full preset about an hour on 2 cores (two
+# **Run time:** FAST preset about 70 s on 2 CPU cores; full preset about an hour on 2 cores (two
 # pretrainings of `cfg.pretrain_steps` steps, three fine-tunings; measured by the benchmark, README).
 
 # %%
@@ -53,7 +53,7 @@ generator = seed_everything(cfg.seed, cfg.num_threads)
 FAST = cfg.preset == "fast"
 PRETRAIN_STEPS = 60 if FAST else cfg.pretrain_steps  # each pretraining (MLM, RetroMAE) runs this many steps
 PRETRAIN_BATCH = 32 if FAST else cfg.batch_size
-FINETUNE_STEPS = 50 if FAST else cfg.train_steps  # in-batch fine-tuning steps, the same for all three starts
+FINETUNE_STEPS = 40 if FAST else cfg.train_steps  # in-batch fine-tuning steps, the same for all three starts
 FINETUNE_BATCH = 32 if FAST else cfg.batch_size
 data = load_dataset("wordnet", cfg.preset)
 tokenizer = load_tokenizer(data, cfg.vocab_size)
