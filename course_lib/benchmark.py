@@ -118,6 +118,15 @@ def run_simcse_unsup(cfg, data, tokenizer) -> MethodResult:
     return _trained_result(cfg, data, tokenizer, model, history)
 
 
+def _pretrain(cfg, data, tokenizer, decoder: bool):
+    """Seeded RetroMAE (``decoder=True``) or plain MLM pretraining on ``pretrain_texts`` for
+    ``cfg.pretrain_steps``: the model and its figures for results.json."""
+    seed_everything(cfg.seed, cfg.num_threads)
+    pretrained, h_pre, parts = pretrain(cfg, pretrain_texts(data), tokenizer, decoder=decoder, progress=False)
+    return pretrained, {"pretrain_steps": h_pre.steps, "pretrain_seconds": round(h_pre.train_seconds, 1),
+                        "pretrain_final_losses": {k: sum(v[-50:]) / len(v[-50:]) for k, v in parts.items() if v}}
+
+
 def _simbert_with_generation(cfg, data, tokenizer, model, start: str, n_gen: int, extra: dict) -> MethodResult:
     """Train ``model`` with SimBERT's recipe and score generation: greedy outputs (no repeated bigram) for
     ``n_gen`` held-out test sentences, before and after training, by token F1 and corpus BLEU-4, next to two
@@ -161,15 +170,6 @@ def run_mlm_then_simbert(cfg, data, tokenizer, n_gen: int = 500) -> MethodResult
     return _simbert_with_generation(cfg.replace(simbert_lr=cfg.finetune_lr), data, tokenizer,
                                     simbert_from_pretrained(pretrained), f"an MLM start, {extra['pretrain_steps']} pretraining steps",
                                     n_gen, extra)
-
-
-def _pretrain(cfg, data, tokenizer, decoder: bool):
-    """Seeded RetroMAE (``decoder=True``) or plain MLM pretraining on ``pretrain_texts`` for
-    ``cfg.pretrain_steps``: the model and its figures for results.json."""
-    seed_everything(cfg.seed, cfg.num_threads)
-    pretrained, h_pre, parts = pretrain(cfg, pretrain_texts(data), tokenizer, decoder=decoder, progress=False)
-    return pretrained, {"pretrain_steps": h_pre.steps, "pretrain_seconds": round(h_pre.train_seconds, 1),
-                        "pretrain_final_losses": {k: sum(v[-50:]) / len(v[-50:]) for k, v in parts.items() if v}}
 
 
 def _pretrain_then_in_batch(cfg, data, tokenizer, decoder: bool | None) -> MethodResult:

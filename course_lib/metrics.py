@@ -143,6 +143,11 @@ def _words(text: str) -> list[str]:
     return re.findall(r"\w+", text.lower())
 
 
+def _check_generated(predictions: list[str], references: list[str]) -> None:
+    if len(predictions) != len(references) or not predictions:
+        raise ValueError(f"need as many predictions as references, at least one; got {len(predictions)} and {len(references)}")
+
+
 def token_f1(prediction: str, reference: str) -> float:
     """Word-overlap F1 of a generated text against a reference, as SQuAD scores answers (Rajpurkar et al.,
     2016, §6): lower-cased ``\\w+`` words, counted with multiplicity; 0 when either side has no word."""
@@ -171,8 +176,7 @@ def corpus_bleu(predictions: list[str], references: list[str], max_n: int = 4) -
     penalty exp(1 − r/c) when the c predicted words are fewer than the r reference words. Words as in
     ``token_f1``; no smoothing, so 0 when some n-gram order has no match. Unlike token F1 it rewards word order:
     a bag of frequent words scores near 0."""
-    if len(predictions) != len(references) or not predictions:
-        raise ValueError(f"need as many predictions as references, at least one; got {len(predictions)} and {len(references)}")
+    _check_generated(predictions, references)
     if not isinstance(max_n, int) or max_n < 1:
         raise ValueError(f"max_n must be a positive int, got {max_n!r}")
     matches, totals = [0] * max_n, [0] * max_n
@@ -194,6 +198,5 @@ def corpus_bleu(predictions: list[str], references: list[str], max_n: int = 4) -
 
 def mean_token_f1(predictions: list[str], references: list[str]) -> float:
     """``token_f1`` averaged over pairs."""
-    if len(predictions) != len(references) or not predictions:
-        raise ValueError(f"need as many predictions as references, at least one; got {len(predictions)} and {len(references)}")
+    _check_generated(predictions, references)
     return sum(token_f1(p, r) for p, r in zip(predictions, references)) / len(predictions)
