@@ -3,11 +3,14 @@
     python -m course_lib.benchmark --preset fast --out results/fast
     python -m course_lib.benchmark --preset full --out results/full --methods bm25 untrained
     python -m course_lib.benchmark --preset full --out results/full --methods simbert --merge
+    python -m course_lib.benchmark --preset fast --out results/fast --methods cbns in_batch_small --seeds 3 --merge
 
-writes ``DIR/results.json``, ``DIR/results.md`` and ``DIR/recall_curves.png``. Each method is a function in
-``METHODS`` that returns ``(metrics, train_seconds, steps)``; every later notebook adds its method here.
+writes ``DIR/results.json``, ``DIR/results.md`` and ``DIR/recall_curves.png``. The methods are the recipes
+registered in ``course_lib.recipes.METHODS`` (each returns a ``MethodResult``: test metrics, training cost, extras).
 ``--merge`` adds or replaces the named methods in an existing ``results.json`` of the same preset and keeps
-the others. The ``hnsw`` entry measures HNSW against exact search on the ``in_batch`` encoder's embeddings of
+the others. ``--seeds N`` trains every trained method with seeds ``cfg.seed … cfg.seed + N − 1`` and reports
+the mean, the sample standard deviation and each seed's metrics (methods without training run once). The
+``hnsw`` entry measures HNSW against exact search on the ``in_batch`` encoder's embeddings of
 the whole corpus (or, when ``in_batch`` does not run, the last course encoder that does).
 """
 
@@ -15,210 +18,25 @@ import argparse
 import datetime
 import json
 import platform
+import statistics
+import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 
-from course_lib.baselines import BM25, minilm_embeddings
 from course_lib.config import get_config
 from course_lib.data import load_dataset
-from course_lib.in_batch import pretrain_simcse, train_in_batch
 from course_lib.index import ExactIndex, HNSWIndex, recall_vs_exact
-from course_lib.metrics import KS, corpus_bleu, embed_corpus, frequent_words, mean_token_f1, retrieval_metrics
-from course_lib.models import encode, encoder_from_bert, make_encoder
 from course_lib.plots import plot_recall_at_k
-from course_lib.retromae import pretrain, pretrain_texts
-from course_lib.simbert import (
-    generate,
-    held_out_pairs,
-    make_pairs,
-    make_simbert,
-    simbert_from_pretrained,
-    train_simbert,
-)
+from course_lib.recipes import GEN_FLOOR_WORDS, METHODS, MethodResult, run_untrained  # noqa: F401  (re-exported)
 from course_lib.tokenizer import load_tokenizer
 from course_lib.utils import seed_everything
 
-GEN_FLOOR_WORDS = 6  # words in the "most frequent gloss words" generation floor
 REPORTED = ("recall@1", "recall@5", "recall@10", "recall@20", "recall@50", "recall@100", "mrr@10", "ndcg@10")
 
 
-@dataclass
-class MethodResult:
-    """What a method returns: test metrics, training cost, and (for course encoders) the corpus and test-query
-    embeddings, which the HNSW check reuses."""
-
-    metrics: dict
-    train_seconds: float = 0.0
-    steps: int = 0
-    embeddings: tuple | None = None  # (doc ids, doc embeddings (N, D), test-query embeddings (Q, D))
-    extra: dict | None = None  # more figures for results.json (e.g. the pretraining's steps and seconds)
-
-
-def _exact_metrics(doc_ids, doc_emb, q_emb, relevant) -> dict:
-    index = ExactIndex(doc_emb.shape[1])
-    index.add(doc_ids, doc_emb)
-    ranked, _ = index.search(q_emb, max(KS))
-    return retrieval_metrics(ranked, relevant, KS)
-
-
-def run_bm25(cfg, data, tokenizer) -> MethodResult:
-    """BM25 over the corpus (no training)."""
-    _, texts, relevant = data.split_items("test")
-    ranked, _ = BM25(data.corpus).search(texts, max(KS))
-    return MethodResult(retrieval_metrics(ranked, relevant, KS))
-
-
-def run_untrained(cfg, data, tokenizer) -> MethodResult:
-    """The course encoder with random weights: the floor every trained method must clear."""
-    seed_everything(cfg.seed, cfg.num_threads)
-    model = make_encoder(cfg, tokenizer)
-    doc_ids, doc_emb = embed_corpus(model, tokenizer, data, max_length=cfg.max_doc_len)  # (N, D)
-    _, texts, relevant = data.split_items("test")
-    q_emb = encode(model, tokenizer, texts, max_length=cfg.max_query_len)  # (Q, D)
-    return MethodResult(_exact_metrics(doc_ids, doc_emb, q_emb, relevant), embeddings=(doc_ids, doc_emb, q_emb))
-
-
-def run_minilm(cfg, data, tokenizer) -> MethodResult:
-    """all-MiniLM-L6-v2 zero-shot (its own tokenizer; embeddings cached on disk)."""
-    doc_ids, doc_emb, q_emb = minilm_embeddings(data, "test")
-    return MethodResult(_exact_metrics(doc_ids, doc_emb, q_emb, data.split_items("test")[2]))
-
-
-def _trained_result(cfg, data, tokenizer, model, history) -> MethodResult:
-    doc_ids, doc_emb = embed_corpus(model, tokenizer, data, max_length=cfg.max_doc_len)  # (N, D)
-    _, texts, relevant = data.split_items("test")
-    q_emb = encode(model, tokenizer, texts, max_length=cfg.max_query_len)  # (Q, D)
-    return MethodResult(_exact_metrics(doc_ids, doc_emb, q_emb, relevant), history.train_seconds, history.steps,
-                        embeddings=(doc_ids, doc_emb, q_emb))
-
-
-def run_in_batch(cfg, data, tokenizer) -> MethodResult:
-    """Supervised in-batch softmax on the training pairs (no-duplicate batches), notebook 01."""
-    seed_everything(cfg.seed, cfg.num_threads)
-    model, history = train_in_batch(cfg, data, tokenizer, progress=False)
-    return _trained_result(cfg, data, tokenizer, model, history)
-
-
-def run_in_batch_hardneg(cfg, data, tokenizer) -> MethodResult:
-    """In-batch softmax plus one natural hard negative per query (another sense of its word), notebook 01."""
-    seed_everything(cfg.seed, cfg.num_threads)
-    model, history = train_in_batch(cfg, data, tokenizer, n_hard=1, progress=False)
-    return _trained_result(cfg, data, tokenizer, model, history)
-
-
-def run_simcse_unsup(cfg, data, tokenizer) -> MethodResult:
-    """Unsupervised SimCSE on the document texts only (no labels), notebook 01."""
-    seed_everything(cfg.seed, cfg.num_threads)
-    texts = [data.documents[i] for i in sorted(data.documents)]
-    model, history = pretrain_simcse(cfg, texts, tokenizer, progress=False)
-    return _trained_result(cfg, data, tokenizer, model, history)
-
-
-def _pretrain(cfg, data, tokenizer, decoder: bool):
-    """Seeded RetroMAE (``decoder=True``) or plain MLM pretraining on ``pretrain_texts`` for
-    ``cfg.pretrain_steps``: the model and its figures for results.json."""
-    seed_everything(cfg.seed, cfg.num_threads)
-    pretrained, h_pre, parts = pretrain(cfg, pretrain_texts(data), tokenizer, decoder=decoder, progress=False)
-    return pretrained, {"pretrain_steps": h_pre.steps, "pretrain_seconds": round(h_pre.train_seconds, 1),
-                        "pretrain_final_losses": {k: sum(v[-50:]) / len(v[-50:]) for k, v in parts.items() if v}}
-
-
-def _simbert_with_generation(cfg, data, tokenizer, model, start: str, n_gen: int, extra: dict) -> MethodResult:
-    """Train ``model`` with SimBERT's recipe and score generation: greedy outputs (no repeated bigram) for
-    ``n_gen`` held-out test sentences, before and after training, by token F1 and corpus BLEU-4, next to two
-    floors (copying the input; the most frequent gloss words), plus three examples."""
-    src, ref = held_out_pairs(data, "test", min(n_gen, len(data.queries["test"])), cfg.seed)
-    before = generate(model, tokenizer, src, no_repeat_ngram_size=2)
-    pairs = make_pairs(data, "gloss")
-    seed_everything(cfg.seed, cfg.num_threads)
-    model, history, _ = train_simbert(cfg, data, tokenizer, pairs=pairs, model=model, progress=False)
-    after = generate(model, tokenizer, src, no_repeat_ngram_size=2)
-    common = frequent_words([p.b for p in pairs], GEN_FLOOR_WORDS)
-    scored = {"before": before, "after": after, "copy_input": src, "frequent_words": [common] * len(ref)}
-    result = _trained_result(cfg, data, tokenizer, model, history)
-    result.train_seconds += extra.get("pretrain_seconds", 0.0)
-    result.extra = extra | {"generation": {
-        "pairs": len(src),
-        "start": start,
-        "frequent_words": common,
-        **{f"token_f1_{k}": round(mean_token_f1(v, ref), 4) for k, v in scored.items()},
-        **{f"bleu_{k}": round(corpus_bleu(v, ref), 4) for k, v in scored.items()},
-        "examples": [{"a": a, "reference": r, "before": b, "after": t}
-                     for a, r, b, t in list(zip(src, ref, before, after))[:3]],
-    }}
-    return result
-
-
-def run_simbert(cfg, data, tokenizer, n_gen: int = 500) -> MethodResult:
-    """SimBERT from random weights: joint seq2seq + similarity training on (example, gloss) pairs, both
-    directions, under the UniLM mask, at ``cfg.simbert_lr``; retrieval with the pooled [CLS] of a sentence
-    alone, notebook 02. Generation is scored before and after training."""
-    seed_everything(cfg.seed, cfg.num_threads)
-    return _simbert_with_generation(cfg, data, tokenizer, make_simbert(cfg, tokenizer), "random weights", n_gen, {})
-
-
-def run_mlm_then_simbert(cfg, data, tokenizer, n_gen: int = 500) -> MethodResult:
-    """SimBERT from an MLM-pretrained BERT and LM head (``cfg.pretrain_steps`` of notebook 03's plain MLM), as
-    the reference starts from pretrained BERT; fine-tuned at ``cfg.finetune_lr`` (a pretrained start takes the
-    lr that collapses [CLS] from scratch). "Before" is the MLM start's generation; ``train_seconds`` counts
-    both stages."""
-    pretrained, extra = _pretrain(cfg, data, tokenizer, decoder=False)
-    return _simbert_with_generation(cfg.replace(simbert_lr=cfg.finetune_lr), data, tokenizer,
-                                    simbert_from_pretrained(pretrained), f"an MLM start, {extra['pretrain_steps']} pretraining steps",
-                                    n_gen, extra)
-
-
-def _pretrain_then_in_batch(cfg, data, tokenizer, decoder: bool | None) -> MethodResult:
-    """Pretrain (RetroMAE with ``decoder=True``, plain MLM with False, nothing with None) for
-    ``cfg.pretrain_steps``, then the same in-batch fine-tuning from that start: [CLS] pooling at
-    ``cfg.finetune_lr`` for ``cfg.train_steps``, notebook 03. ``train_seconds`` counts both stages."""
-    bert, extra = None, {"pretrain_steps": 0, "pretrain_seconds": 0.0}
-    if decoder is not None:
-        pretrained, extra = _pretrain(cfg, data, tokenizer, decoder)
-        bert = pretrained.bert
-    seed_everything(cfg.seed, cfg.num_threads)
-    ft_cfg = cfg.replace(pooling="cls", lr=cfg.finetune_lr)
-    model, history = train_in_batch(ft_cfg, data, tokenizer, model=encoder_from_bert(ft_cfg, tokenizer, bert),
-                                    progress=False)
-    result = _trained_result(cfg, data, tokenizer, model, history)
-    result.train_seconds += extra["pretrain_seconds"]
-    result.extra = extra
-    return result
-
-
-def run_random_then_in_batch(cfg, data, tokenizer) -> MethodResult:
-    """Notebook 03's fine-tuning recipe ([CLS] pooling, ``cfg.finetune_lr``) from random weights: the baseline
-    of the two pretrained starts."""
-    return _pretrain_then_in_batch(cfg, data, tokenizer, decoder=None)
-
-
-def run_mlm_then_in_batch(cfg, data, tokenizer) -> MethodResult:
-    """Plain MLM pretraining (whole-word masking), then in-batch fine-tuning, notebook 03."""
-    return _pretrain_then_in_batch(cfg, data, tokenizer, decoder=False)
-
-
-def run_retromae_then_in_batch(cfg, data, tokenizer) -> MethodResult:
-    """RetroMAE pretraining (MLM + one-layer enhanced decoder), then in-batch fine-tuning, notebook 03."""
-    return _pretrain_then_in_batch(cfg, data, tokenizer, decoder=True)
-
-
-METHODS = {
-    "bm25": run_bm25,
-    "untrained": run_untrained,
-    "minilm": run_minilm,
-    "simcse_unsup": run_simcse_unsup,
-    "in_batch_hardneg": run_in_batch_hardneg,
-    "in_batch": run_in_batch,
-    "simbert": run_simbert,
-    "mlm_then_simbert": run_mlm_then_simbert,
-    "random_then_in_batch": run_random_then_in_batch,
-    "mlm_then_in_batch": run_mlm_then_in_batch,
-    "retromae_then_in_batch": run_retromae_then_in_batch,
-}
 HNSW_ENCODER = "in_batch"  # whose corpus embeddings the HNSW check uses when it runs
 
 
@@ -269,6 +87,19 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}"
 
 
+def git_commit() -> str:
+    """The repository's HEAD commit (with "+changes" when the tree has uncommitted changes), or "unknown"."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
+
+
 def to_markdown(results: dict) -> str:
     cols = ["recall@1", "recall@10", "recall@100", "mrr@10", "ndcg@10", "train_seconds", "steps"]
     lines = [
@@ -281,6 +112,9 @@ def to_markdown(results: dict) -> str:
     for name, m in results["methods"].items():
         cells = [f"{m[c]:.0f}" if c == "train_seconds" else f"{m[c]:.3f}" if isinstance(m[c], float) else str(m[c])
                  for c in cols]
+        if "spread" in m:  # mean ± sample standard deviation over seeds
+            cells = [f"{cell} ± {m['spread'][c]:.3f}" if c in m["spread"] else cell for c, cell in zip(cols, cells)]
+            cells[-1] += f" ×{len(m['seeds'])} seeds"
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     h = results["hnsw"]
     lines += ["", f"HNSW (M={h['params']['M']}, ef_construction={h['params']['ef_construction']}, ef={h['params']['ef']}) "
@@ -295,10 +129,35 @@ def to_markdown(results: dict) -> str:
                       f"{g['bleu_after']:.3f} (before → after training); floors (F1 / BLEU-4): copying the input "
                       f"{g['token_f1_copy_input']:.3f} / {g['bleu_copy_input']:.3f}, the most frequent gloss words "
                       f"(\"{g['frequent_words']}\") {g['token_f1_frequent_words']:.3f} / {g['bleu_frequent_words']:.3f}."]
+    memory_rows = [(n, m) for n, m in results["methods"].items() if "memory_size" in m]
+    if memory_rows:
+        lines += ["", "Memory-bank configurations (notebook 04; batches drawn ∝ (sense count + 1)^α, cost of one step "
+                  "on this machine: best-of-3 forward + backward, and the activations saved for backward):", ""]
+        for name, m in memory_rows:
+            sampler = "uniform, no duplicates" if m["popularity_alpha"] is None else f"α = {m['popularity_alpha']}"
+            lines.append(f"- {name}: B = {m['batch_size']}, memory M = {m['memory_size']} (warm-up {m['warmup_steps']} "
+                         f"steps), {m['negatives_per_query']} negatives per query, logQ {m['logq'] or 'off'}, "
+                         f"sampler {sampler}; {m['ms_per_step']:.0f} ms and {m['saved_activation_mb']:.1f} MB per step")
     return "\n".join(lines) + "\n"
 
 
-def run(preset: str, out: Path, methods: list[str] | None = None, merge: bool = False) -> dict:
+def summarize_seeds(runs: list[MethodResult], seeds: list[int]) -> dict:
+    """One results.json entry from a method's runs: the mean of each reported metric (and of the training cost),
+    with ``spread`` (the sample standard deviation over seeds) and ``per_seed`` when there is more than one run.
+    The extras (configuration, generation scores, step cost) are those of the first seed's run."""
+    first = runs[0]
+    entry = {k: statistics.fmean(r.metrics[k] for r in runs) for k in REPORTED} | {
+        "train_seconds": round(statistics.fmean(r.train_seconds for r in runs), 1), "steps": first.steps}
+    if len(runs) > 1:
+        entry["seeds"] = seeds
+        entry["spread"] = {k: statistics.stdev(r.metrics[k] for r in runs) for k in REPORTED}
+        entry["per_seed"] = [{k: r.metrics[k] for k in REPORTED} | {"seed": s} for r, s in zip(runs, seeds)]
+    return entry | (first.extra or {})
+
+
+def run(preset: str, out: Path, methods: list[str] | None = None, merge: bool = False, seeds: int = 1) -> dict:
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be a positive int, got {seeds!r}")
     cfg = get_config(preset)
     seed_everything(cfg.seed, cfg.num_threads)
     names = methods or list(METHODS)
@@ -320,17 +179,23 @@ def run(preset: str, out: Path, methods: list[str] | None = None, merge: bool = 
         "n_test_queries": len(data.queries["test"]),
         "machine": machine(),
         "date": datetime.date.today().isoformat(),
+        "commit": git_commit(),
         "methods": dict(previous.get("methods", {})),
     }
     hnsw_source = None  # the in_batch encoder's embeddings, else the last course encoder's
     for name in names:
         t0 = time.perf_counter()
-        r = METHODS[name](cfg, data, tokenizer)
-        results["methods"][name] = {k: r.metrics[k] for k in REPORTED} | {
-            "train_seconds": round(r.train_seconds, 1), "steps": r.steps, "wall_seconds": round(time.perf_counter() - t0, 1)
-        } | (r.extra or {})
-        print(f"{name:>12}: R@1 {r.metrics['recall@1']:.3f}  R@10 {r.metrics['recall@10']:.3f}  "
-              f"MRR@10 {r.metrics['mrr@10']:.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+        runs = []
+        for k in range(seeds):
+            r = METHODS[name](cfg.replace(seed=cfg.seed + k), data, tokenizer)
+            runs.append(r)
+            print(f"{name:>12} (seed {cfg.seed + k}): R@1 {r.metrics['recall@1']:.3f}  R@10 {r.metrics['recall@10']:.3f}  "
+                  f"MRR@10 {r.metrics['mrr@10']:.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+            if r.steps == 0:
+                break  # nothing trained: another seed gives the same numbers
+        results["methods"][name] = summarize_seeds(runs, [cfg.seed + k for k in range(len(runs))]) | {
+            "wall_seconds": round(time.perf_counter() - t0, 1), "date": results["date"], "commit": results["commit"]}
+        r = runs[0]
         if r.embeddings is not None and (hnsw_source is None or hnsw_source[0] != HNSW_ENCODER):
             hnsw_source = (name, r.embeddings)
     order = [n for n in METHODS if n in results["methods"]]  # the table follows METHODS' order
@@ -372,13 +237,14 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--methods", nargs="*", default=None, help=f"subset of {list(METHODS)}")
     parser.add_argument("--merge", action="store_true", help="keep the other methods of an existing results.json")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per trained method (mean and spread reported)")
     parser.add_argument("--replot", action="store_true", help="only redraw results.md and the figure from results.json")
     args = parser.parse_args(argv)
     out = args.out / args.preset if args.out == Path("results") else args.out
     if args.replot:
         replot(out)
     else:
-        run(args.preset, out, args.methods, args.merge)
+        run(args.preset, out, args.methods, args.merge, args.seeds)
 
 
 if __name__ == "__main__":

@@ -183,3 +183,68 @@ def symmetric_in_batch_loss(q: torch.Tensor, d: torch.Tensor, negatives: torch.T
     """The symmetric in-batch loss (MultipleNegativesSymmetricRankingLoss, METHODS.md §1(a)):
     ``in_batch_softmax_loss(..., symmetric=True)``, with the same keyword arguments."""
     return in_batch_softmax_loss(q, d, negatives, symmetric=True, **kwargs)
+
+
+def cbns_loss(
+    q: torch.Tensor,
+    d: torch.Tensor,
+    memory: torch.Tensor | None = None,
+    *,
+    temperature: float = 0.05,
+    logq: torch.Tensor | None = None,
+    memory_logq: torch.Tensor | None = None,
+    doc_ids: Sequence[Hashable] | None = None,
+    memory_ids: Sequence[Hashable] | None = None,
+    similarity: str = "cos",
+) -> torch.Tensor:
+    """Cross-batch negative sampling loss (CBNS; Wang et al., SIGIR 2021, arXiv:2110.15154, §3): the in-batch
+    softmax over the candidates [batch ∪ memory], a scalar tensor.
+
+    ``q``, ``d``: (B, D), row i of ``d`` is the positive of query i; ``memory``: (M, D) detached document
+    embeddings from recent batches (``course_lib.memory.MemoryBank``), extra columns after the B positives;
+    None or M = 0 gives exactly ``in_batch_softmax_loss``. Logits are ``s(q_i, c_j)/τ − log q(c_j)``: the
+    sampling-bias (logQ) correction of Yi et al. (RecSys 2019, §4, eq. 3) subtracts each candidate's log
+    sampling probability from *every* column, the positive's included, after the temperature (as TensorFlow
+    Recommenders does). ``logq`` (B,) belongs to the batch's documents, ``memory_logq`` (M,) to the memory's
+    (the value stored when each entry was enqueued); give both or neither when there is a memory. A constant
+    shift of every column changes nothing, so uniform q is a no-op.
+
+    Accidental hits (Merlin's and TFRS's ``RemoveAccidentalHits``): with ``doc_ids`` (B,) — and ``memory_ids``
+    (M,) when there is a memory — every column other than column i that holds row i's positive document, in
+    the batch or in the memory, is masked with −inf; this equals deleting it from the row.
+    """
+    M = 0 if memory is None else memory.shape[0] if isinstance(memory, torch.Tensor) and memory.dim() == 2 else None
+    if memory is not None and M is None:
+        raise ValueError(
+            f"memory must be a 2-D (M, D) tensor of stored document embeddings, got "
+            f"{type(memory).__name__}{' of shape ' + str(tuple(memory.shape)) if isinstance(memory, torch.Tensor) else ''}"
+        )
+    if memory is not None and memory.requires_grad:
+        raise ValueError("memory must hold detached embeddings (requires_grad=False): gradients never flow into the "
+                         "memory bank; store vectors with .detach()")
+    logits = similarity_logits(q, d, memory if M else None, temperature=temperature, similarity=similarity)  # (B, B+M)
+    B = q.shape[0]
+    if (logq is None) != (memory_logq is None) and M:
+        raise ValueError("give logq and memory_logq together (or neither): the correction must apply to every column")
+    if logq is not None:
+        column_logq = [("logq", logq, B)] + ([("memory_logq", memory_logq, M)] if M else [])
+        for name, t, n in column_logq:
+            if not isinstance(t, torch.Tensor) or t.shape != (n,):
+                shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"{name} must be a tensor of shape ({n},), one log-probability per column, got {shape}")
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{name} holds non-finite values; log q must be finite (clip q to [1e-6, 1] first)")
+        shift = torch.cat([t for _, t, _ in column_logq]).to(device=logits.device, dtype=logits.dtype)  # (B+M,)
+        logits = logits - shift[None, :]  # (B, B+M), every column, the positive too
+    if doc_ids is not None:
+        if M and memory_ids is None:
+            raise ValueError("doc_ids is given but memory_ids is not: pass the memory's ids to mask accidental hits")
+        if len(doc_ids) != B:
+            raise ValueError(f"doc_ids must hold the B = {B} positives' ids, got {len(doc_ids)}")
+        if M and len(memory_ids) != M:
+            raise ValueError(f"memory_ids must hold one id per memory row (M = {M}), got {len(memory_ids)}")
+        ids = list(doc_ids) + (list(memory_ids) if M else [])
+        logits = logits.masked_fill(duplicate_mask(ids, B, B + M).to(logits.device), float("-inf"))  # (B, B+M)
+    elif memory_ids is not None:
+        raise ValueError("memory_ids is given without doc_ids: accidental hits are found by comparing the two")
+    return F.cross_entropy(logits, torch.arange(B, device=logits.device))

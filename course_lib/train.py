@@ -146,3 +146,45 @@ def loss_fell(losses: list[float], window: int = 10) -> bool:
         raise ValueError(f"need at least {2 * window} losses to compare windows of {window}, got {len(losses)}")
     first, last = losses[:window], losses[-window:]
     return math.fsum(last) / window < math.fsum(first) / window
+
+
+def measure_step(model: torch.nn.Module, step_fn, batch, repeats: int = 3) -> dict:
+    """Cost of one training step, without changing the model: the best of ``repeats`` timings of the forward and
+    backward pass (milliseconds) and the bytes the forward pass saves for backward (the activations, which
+    grow with the batch; counted once per storage with ``torch.autograd.graph.saved_tensors_hooks``).
+
+    The saved bytes are what a bigger batch costs in memory on any device; on a GPU,
+    ``torch.cuda.max_memory_allocated`` measures the whole peak as well (``peak_cuda_bytes``, else None).
+    Gradients are cleared afterwards and no optimizer step is taken."""
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    device = next(model.parameters()).device
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    was_training = model.training
+    model.train()
+    times, cuda = [], device.type == "cuda"
+    try:
+        for r in range(repeats):
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            t0 = time.perf_counter()
+            if r == 0:
+                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                    loss = step_fn(model, batch)
+            else:
+                loss = step_fn(model, batch)
+            loss.backward()
+            if cuda:
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+            model.zero_grad(set_to_none=True)
+    finally:
+        model.train(was_training)
+    return {"ms": 1000 * min(times), "saved_bytes": sum(seen.values()),
+            "peak_cuda_bytes": torch.cuda.max_memory_allocated(device) if cuda else None}

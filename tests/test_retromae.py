@@ -342,7 +342,7 @@ def test_benchmark_pretrain_then_in_batch(setup):
 
     data, tok = setup
     cfg = CFG.replace(pretrain_steps=4, train_steps=4)
-    result = bench.run_retromae_then_in_batch(cfg, data, tok)
+    result = bench.METHODS["retromae_then_in_batch"](cfg, data, tok)
     assert result.steps == 4 and result.extra["pretrain_steps"] == 4
     assert set(result.extra["pretrain_final_losses"]) == {"encoder", "decoder"}
     assert result.train_seconds >= result.extra["pretrain_seconds"] > 0

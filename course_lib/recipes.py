@@ -1,0 +1,231 @@
+"""Every method of the course as a benchmark recipe: a function ``(cfg, data, tokenizer) -> MethodResult`` that
+trains (or not) and scores on the test split, registered by name in ``METHODS``.
+
+``course_lib.benchmark`` only runs what is registered here and reports; a new notebook adds its method to
+``METHODS`` (a recipe whose training lives in the method's own module, as ``course_lib.cbns.train_cbns`` does,
+needs only a line here).
+"""
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from course_lib.baselines import BM25, minilm_embeddings
+from course_lib.cbns import BENCHMARK_SETTINGS, CBNSStep, cbns_sampler, train_cbns
+from course_lib.in_batch import pair_batches, pretrain_simcse, train_in_batch
+from course_lib.index import ExactIndex
+from course_lib.metrics import KS, corpus_bleu, embed_corpus, frequent_words, mean_token_f1, retrieval_metrics
+from course_lib.models import encode, encoder_from_bert, make_encoder
+from course_lib.retromae import pretrain, pretrain_texts
+from course_lib.simbert import (
+    generate,
+    held_out_pairs,
+    make_pairs,
+    make_simbert,
+    simbert_from_pretrained,
+    train_simbert,
+)
+from course_lib.train import measure_step
+from course_lib.utils import seed_everything
+
+GEN_FLOOR_WORDS = 6  # words in the "most frequent gloss words" generation floor
+
+
+@dataclass
+class MethodResult:
+    """What a method returns: test metrics, training cost, and (for course encoders) the corpus and test-query
+    embeddings, which the HNSW check reuses."""
+
+    metrics: dict
+    train_seconds: float = 0.0
+    steps: int = 0
+    embeddings: tuple | None = None  # (doc ids, doc embeddings (N, D), test-query embeddings (Q, D))
+    extra: dict | None = None  # more figures for results.json (e.g. the pretraining's steps and seconds)
+
+
+def _exact_metrics(doc_ids, doc_emb, q_emb, relevant) -> dict:
+    index = ExactIndex(doc_emb.shape[1])
+    index.add(doc_ids, doc_emb)
+    ranked, _ = index.search(q_emb, max(KS))
+    return retrieval_metrics(ranked, relevant, KS)
+
+
+def run_bm25(cfg, data, tokenizer) -> MethodResult:
+    """BM25 over the corpus (no training)."""
+    _, texts, relevant = data.split_items("test")
+    ranked, _ = BM25(data.corpus).search(texts, max(KS))
+    return MethodResult(retrieval_metrics(ranked, relevant, KS))
+
+
+def run_untrained(cfg, data, tokenizer) -> MethodResult:
+    """The course encoder with random weights: the floor every trained method must clear."""
+    seed_everything(cfg.seed, cfg.num_threads)
+    model = make_encoder(cfg, tokenizer)
+    doc_ids, doc_emb = embed_corpus(model, tokenizer, data, max_length=cfg.max_doc_len)  # (N, D)
+    _, texts, relevant = data.split_items("test")
+    q_emb = encode(model, tokenizer, texts, max_length=cfg.max_query_len)  # (Q, D)
+    return MethodResult(_exact_metrics(doc_ids, doc_emb, q_emb, relevant), embeddings=(doc_ids, doc_emb, q_emb))
+
+
+def run_minilm(cfg, data, tokenizer) -> MethodResult:
+    """all-MiniLM-L6-v2 zero-shot (its own tokenizer; embeddings cached on disk)."""
+    doc_ids, doc_emb, q_emb = minilm_embeddings(data, "test")
+    return MethodResult(_exact_metrics(doc_ids, doc_emb, q_emb, data.split_items("test")[2]))
+
+
+def _trained_result(cfg, data, tokenizer, model, history) -> MethodResult:
+    doc_ids, doc_emb = embed_corpus(model, tokenizer, data, max_length=cfg.max_doc_len)  # (N, D)
+    _, texts, relevant = data.split_items("test")
+    q_emb = encode(model, tokenizer, texts, max_length=cfg.max_query_len)  # (Q, D)
+    return MethodResult(_exact_metrics(doc_ids, doc_emb, q_emb, relevant), history.train_seconds, history.steps,
+                        embeddings=(doc_ids, doc_emb, q_emb))
+
+
+def run_in_batch(cfg, data, tokenizer) -> MethodResult:
+    """Supervised in-batch softmax on the training pairs (no-duplicate batches), notebook 01."""
+    seed_everything(cfg.seed, cfg.num_threads)
+    model, history = train_in_batch(cfg, data, tokenizer, progress=False)
+    return _trained_result(cfg, data, tokenizer, model, history)
+
+
+def run_in_batch_hardneg(cfg, data, tokenizer) -> MethodResult:
+    """In-batch softmax plus one natural hard negative per query (another sense of its word), notebook 01."""
+    seed_everything(cfg.seed, cfg.num_threads)
+    model, history = train_in_batch(cfg, data, tokenizer, n_hard=1, progress=False)
+    return _trained_result(cfg, data, tokenizer, model, history)
+
+
+def run_simcse_unsup(cfg, data, tokenizer) -> MethodResult:
+    """Unsupervised SimCSE on the document texts only (no labels), notebook 01."""
+    seed_everything(cfg.seed, cfg.num_threads)
+    texts = [data.documents[i] for i in sorted(data.documents)]
+    model, history = pretrain_simcse(cfg, texts, tokenizer, progress=False)
+    return _trained_result(cfg, data, tokenizer, model, history)
+
+
+def _pretrain(cfg, data, tokenizer, decoder: bool):
+    """Seeded RetroMAE (``decoder=True``) or plain MLM pretraining on ``pretrain_texts`` for
+    ``cfg.pretrain_steps``: the model and its figures for results.json."""
+    seed_everything(cfg.seed, cfg.num_threads)
+    pretrained, h_pre, parts = pretrain(cfg, pretrain_texts(data), tokenizer, decoder=decoder, progress=False)
+    return pretrained, {"pretrain_steps": h_pre.steps, "pretrain_seconds": round(h_pre.train_seconds, 1),
+                        "pretrain_final_losses": {k: sum(v[-50:]) / len(v[-50:]) for k, v in parts.items() if v}}
+
+
+def _simbert_with_generation(cfg, data, tokenizer, model, start: str, n_gen: int, extra: dict) -> MethodResult:
+    """Train ``model`` with SimBERT's recipe and score generation: greedy outputs (no repeated bigram) for
+    ``n_gen`` held-out test sentences, before and after training, by token F1 and corpus BLEU-4, next to two
+    floors (copying the input; the most frequent gloss words), plus three examples."""
+    src, ref = held_out_pairs(data, "test", min(n_gen, len(data.queries["test"])), cfg.seed)
+    before = generate(model, tokenizer, src, no_repeat_ngram_size=2)
+    pairs = make_pairs(data, "gloss")
+    seed_everything(cfg.seed, cfg.num_threads)
+    model, history, _ = train_simbert(cfg, data, tokenizer, pairs=pairs, model=model, progress=False)
+    after = generate(model, tokenizer, src, no_repeat_ngram_size=2)
+    common = frequent_words([p.b for p in pairs], GEN_FLOOR_WORDS)
+    scored = {"before": before, "after": after, "copy_input": src, "frequent_words": [common] * len(ref)}
+    result = _trained_result(cfg, data, tokenizer, model, history)
+    result.train_seconds += extra.get("pretrain_seconds", 0.0)
+    result.extra = extra | {"generation": {
+        "pairs": len(src),
+        "start": start,
+        "frequent_words": common,
+        **{f"token_f1_{k}": round(mean_token_f1(v, ref), 4) for k, v in scored.items()},
+        **{f"bleu_{k}": round(corpus_bleu(v, ref), 4) for k, v in scored.items()},
+        "examples": [{"a": a, "reference": r, "before": b, "after": t}
+                     for a, r, b, t in list(zip(src, ref, before, after))[:3]],
+    }}
+    return result
+
+
+def run_simbert(cfg, data, tokenizer, n_gen: int = 500) -> MethodResult:
+    """SimBERT from random weights: joint seq2seq + similarity training on (example, gloss) pairs, both
+    directions, under the UniLM mask, at ``cfg.simbert_lr``; retrieval with the pooled [CLS] of a sentence
+    alone, notebook 02. Generation is scored before and after training."""
+    seed_everything(cfg.seed, cfg.num_threads)
+    return _simbert_with_generation(cfg, data, tokenizer, make_simbert(cfg, tokenizer), "random weights", n_gen, {})
+
+
+def run_mlm_then_simbert(cfg, data, tokenizer, n_gen: int = 500) -> MethodResult:
+    """SimBERT from an MLM-pretrained BERT and LM head (``cfg.pretrain_steps`` of notebook 03's plain MLM), as
+    the reference starts from pretrained BERT; fine-tuned at ``cfg.finetune_lr`` (a pretrained start takes the
+    lr that collapses [CLS] from scratch). "Before" is the MLM start's generation; ``train_seconds`` counts
+    both stages."""
+    pretrained, extra = _pretrain(cfg, data, tokenizer, decoder=False)
+    return _simbert_with_generation(cfg.replace(simbert_lr=cfg.finetune_lr), data, tokenizer,
+                                    simbert_from_pretrained(pretrained), f"an MLM start, {extra['pretrain_steps']} pretraining steps",
+                                    n_gen, extra)
+
+
+def _pretrain_then_in_batch(cfg, data, tokenizer, decoder: bool | None) -> MethodResult:
+    """Pretrain (RetroMAE with ``decoder=True``, plain MLM with False, nothing with None) for
+    ``cfg.pretrain_steps``, then the same in-batch fine-tuning from that start: [CLS] pooling at
+    ``cfg.finetune_lr`` for ``cfg.train_steps``, notebook 03. ``train_seconds`` counts both stages."""
+    bert, extra = None, {"pretrain_steps": 0, "pretrain_seconds": 0.0}
+    if decoder is not None:
+        pretrained, extra = _pretrain(cfg, data, tokenizer, decoder)
+        bert = pretrained.bert
+    seed_everything(cfg.seed, cfg.num_threads)
+    ft_cfg = cfg.replace(pooling="cls", lr=cfg.finetune_lr)
+    model, history = train_in_batch(ft_cfg, data, tokenizer, model=encoder_from_bert(ft_cfg, tokenizer, bert),
+                                    progress=False)
+    result = _trained_result(cfg, data, tokenizer, model, history)
+    result.train_seconds += extra["pretrain_seconds"]
+    result.extra = extra
+    return result
+
+
+def run_random_then_in_batch(cfg, data, tokenizer) -> MethodResult:
+    """Notebook 03's fine-tuning recipe ([CLS] pooling, ``cfg.finetune_lr``) from random weights: the baseline
+    of the two pretrained starts."""
+    return _pretrain_then_in_batch(cfg, data, tokenizer, decoder=None)
+
+
+def run_mlm_then_in_batch(cfg, data, tokenizer) -> MethodResult:
+    """Plain MLM pretraining (whole-word masking), then in-batch fine-tuning, notebook 03."""
+    return _pretrain_then_in_batch(cfg, data, tokenizer, decoder=False)
+
+
+def run_retromae_then_in_batch(cfg, data, tokenizer) -> MethodResult:
+    """RetroMAE pretraining (MLM + one-layer enhanced decoder), then in-batch fine-tuning, notebook 03."""
+    return _pretrain_then_in_batch(cfg, data, tokenizer, decoder=True)
+
+
+def _cbns_method(settings):
+    """A benchmark method for one CBNS configuration (``course_lib.cbns.BENCHMARK_SETTINGS``), notebook 04. Its
+    results also record the configuration and the cost of one step (best-of-3 milliseconds and the activations
+    saved for backward), measured on the run's first batch with a fresh memory filled to capacity."""
+
+    def run_method(cfg, data, tokenizer) -> MethodResult:
+        seed_everything(cfg.seed, cfg.num_threads)
+        model, history, _ = train_cbns(cfg, data, tokenizer, settings, progress=False)
+        result = _trained_result(cfg, data, tokenizer, model, history)
+        sampler = cbns_sampler(data, settings, torch.Generator().manual_seed(cfg.seed))
+        step = CBNSStep(dataclasses.replace(settings, warmup_steps=0), cfg.temperature, dim=model.dim, sampler=sampler)
+        batches = pair_batches(data, tokenizer, sampler, cfg)
+        with torch.no_grad():  # fill the memory (with its log q), as it is after the warm-up
+            while len(step.probe.memory) < settings.memory_size:
+                step(model, next(batches))
+        cost = measure_step(model, step, next(batches))
+        result.extra = settings.describe() | {"ms_per_step": round(cost["ms"], 1),
+                                              "saved_activation_mb": round(cost["saved_bytes"] / 2**20, 2)}
+        return result
+
+    run_method.__doc__ = f"CBNS configuration {settings.describe()}, notebook 04."
+    return run_method
+
+
+METHODS = {
+    "bm25": run_bm25,
+    "untrained": run_untrained,
+    "minilm": run_minilm,
+    "simcse_unsup": run_simcse_unsup,
+    "in_batch_hardneg": run_in_batch_hardneg,
+    "in_batch": run_in_batch,
+    "simbert": run_simbert,
+    "mlm_then_simbert": run_mlm_then_simbert,
+    "random_then_in_batch": run_random_then_in_batch,
+    "mlm_then_in_batch": run_mlm_then_in_batch,
+    "retromae_then_in_batch": run_retromae_then_in_batch,
+} | {name: _cbns_method(settings) for name, settings in BENCHMARK_SETTINGS.items()}
