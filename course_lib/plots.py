@@ -129,12 +129,14 @@ def plot_loss_curve(losses, smooth: int = 10, ax=None, label: str = "training lo
 
 def plot_similarity_matrix(logits, n_positive_cols: int | None = None, softmax: bool = True, title: str = "logits",
                            row_labels=None, targets: list[int] | None = None,
-                           axis_labels: tuple[str, str] = ("candidate documents", "queries")):
+                           axis_labels: tuple[str, str] = ("candidate documents", "queries"),
+                           extra_columns: str = "hard negatives"):
     """Heatmap of a (B, C) logit matrix with each row's positive boxed in red (column i, or ``targets[i]``);
     with ``softmax`` a second panel shows the row-wise softmax, i.e. the probability the loss puts on each
     candidate. −inf entries (masked candidates) are left blank. Columns after the first ``n_positive_cols``
     (default B) are hard negatives, separated by a vertical line; when they come in blocks of B (one per
-    query), each row's own hard negatives are boxed with dashes."""
+    query), each row's own hard negatives are boxed with dashes. ``extra_columns`` names those columns; any name
+    but "hard negatives" (e.g. "memory") draws no per-row boxes, since they are shared by every row."""
     import torch
 
     s = torch.as_tensor(logits, dtype=torch.float32).detach().cpu()
@@ -158,11 +160,12 @@ def plot_similarity_matrix(logits, n_positive_cols: int | None = None, softmax: 
         for i in range(b):
             ax.add_patch(matplotlib.patches.Rectangle((targets[i] - 0.5, i - 0.5), 1, 1, fill=False, ec=GOLD, lw=1.5))
             # per-query hard negatives (column blocks of B): box each row's own, dashed
-            for col in range(n_pos + i, s.shape[1], b) if (s.shape[1] - n_pos) % b == 0 else ():
+            per_row = extra_columns == "hard negatives" and (s.shape[1] - n_pos) % b == 0
+            for col in range(n_pos + i, s.shape[1], b) if per_row else ():
                 ax.add_patch(matplotlib.patches.Rectangle((col - 0.5, i - 0.5), 1, 1, fill=False, ec="k", lw=1, ls="--"))
         if s.shape[1] > n_pos:
             ax.axvline(n_pos - 0.5, color="k", lw=1)
-        ax.set_xlabel(axis_labels[0] + (" (positives, then hard negatives)" if s.shape[1] > n_pos else ""))
+        ax.set_xlabel(axis_labels[0] + (f" (positives, then {extra_columns})" if s.shape[1] > n_pos else ""))
         ax.set_ylabel(axis_labels[1])
         ax.set_title(name, fontsize=9)
         ax.grid(False)
@@ -233,5 +236,56 @@ def plot_attention_masks(masks: dict, tokens: list[str], row: int | None = None)
         ax.grid(False)
         if row is not None:
             ax.add_patch(matplotlib.patches.Rectangle((-0.5, row - 0.5), L, 1, fill=False, ec=GOLD, lw=2))
+    fig.tight_layout()
+    return fig
+
+
+def plot_drift(drift: dict[str, list], ax=None, title: str = "Embedding drift: stored vector vs the same document now"):
+    """CBNS's stability check (Wang et al., 2021, §3.2): for each probe step, the mean cosine between a memory
+    entry and its re-encoding by the current weights, against the entry's age in steps. ``drift`` maps a run's
+    name to its ``course_lib.cbns.DriftRecord`` list; one panel per run, one line per probe step (later = darker)."""
+    if not drift or not all(drift.values()):
+        raise ValueError("plot_drift needs at least one run with at least one drift record")
+    n = len(drift)
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.8), squeeze=False, sharey=True)
+    for ax, (name, records) in zip(axes[0], drift.items()):
+        cmap = plt.get_cmap("viridis")
+        for j, r in enumerate(records):
+            ax.plot(r.ages, r.cosine, marker="o", ms=3, color=cmap(1 - j / max(1, len(records) - 1) * 0.85),
+                    label=f"step {r.step}")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_xlabel("age of the memory entry (steps)")
+        ax.set_title(name, fontsize=9)
+        ax.legend(fontsize=7, ncol=2)
+    axes[0][0].set_ylabel("cos(stored, re-encoded now)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_frequency_tracking(steps, true_p, est_p, items: dict[str, int], switch_step: int | None = None):
+    """The streaming frequency estimator (Yi et al., 2019, §4) against the truth over time: left, true and
+    estimated per-step probability of a few items (``items`` maps a label to a column); right, the mean
+    absolute error over all items. ``true_p``, ``est_p``: (T, N) arrays sampled at ``steps``."""
+    true_p, est_p = np.asarray(true_p), np.asarray(est_p)
+    if true_p.shape != est_p.shape or true_p.ndim != 2 or true_p.shape[0] != len(steps):
+        raise ValueError(f"true_p and est_p must both be (T, N) with T = len(steps) = {len(steps)}, got "
+                         f"{true_p.shape} and {est_p.shape}")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    for i, (label, col) in enumerate(items.items()):
+        left.plot(steps, true_p[:, col], color=COLORS[i % len(COLORS)], ls="--", lw=1)
+        left.plot(steps, est_p[:, col], color=COLORS[i % len(COLORS)], label=label)
+    left.set_xlabel("step")
+    left.set_ylabel("probability of appearing in a batch")
+    left.set_title("estimate (solid) vs truth (dashed)", fontsize=9)
+    left.legend(fontsize=7)
+    right.plot(steps, np.abs(est_p - true_p).mean(axis=1), color=COLORS[0])
+    right.set_xlabel("step")
+    right.set_ylabel("mean |estimate − truth| over items")
+    right.set_title("error over time", fontsize=9)
+    for ax in (left, right):
+        if switch_step is not None:
+            ax.axvline(switch_step, color="k", ls=":", lw=1)
     fig.tight_layout()
     return fig

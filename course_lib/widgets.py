@@ -204,3 +204,42 @@ def explore_retromae_masking(tokenizer, text: str, encoder_ratio: float = 0.3, d
     box = W.VBox([W.HBox([enc, dec, pick]), out])
     display(box)
     return box
+
+
+def _memory_size_view(q, d, memory, temperature: float, size: int):
+    from course_lib.losses import cbns_loss, similarity_logits
+
+    if not 0 <= size <= memory.shape[0]:
+        raise ValueError(f"size must be in [0, {memory.shape[0]}] (the memory's rows), got {size}")
+    kept = memory[:size] if size else None  # (M, D), the first (oldest) ``size`` entries
+    logits = similarity_logits(q, d, kept, temperature=temperature)  # (B, B+M)
+    loss = cbns_loss(q, d, kept, temperature=temperature).item()
+    p_pos = torch.softmax(logits, dim=1).diagonal().mean().item()
+    fig = plot_similarity_matrix(logits, n_positive_cols=q.shape[0], extra_columns="memory",
+                                 title=f"M = {size}: loss {loss:.3f}, mean p(positive) {p_pos:.3f}")
+    return fig, loss, p_pos
+
+
+def explore_memory_size(q, d, memory, temperature: float = 0.05, size: int | None = None):
+    """A memory-size slider over a fixed batch: the queries ``q`` (B, D) scored against their positives ``d``
+    (B, D) and the first M rows of ``memory`` (M_max, D), for M from 0 to M_max. Redraws the B × (B + M) logits
+    and their row softmax and prints the loss and the mean probability of the positive (nothing retrains)."""
+    if memory.dim() != 2 or memory.shape[1] != q.shape[1]:
+        raise ValueError(f"memory must be (M, {q.shape[1]}), got {tuple(memory.shape)}")
+    n = memory.shape[0]
+    size = n if size is None else max(0, min(int(size), n))
+    fig, _, _ = _memory_size_view(q, d, memory, temperature, size)  # once directly
+    display(fig)
+    plt.close(fig)
+    slider = W.IntSlider(value=size, min=0, max=n, step=1, description="memory M", continuous_update=False)
+
+    def show(size):
+        fig, loss, p_pos = _memory_size_view(q, d, memory, temperature, size)
+        display(fig)
+        plt.close(fig)
+
+    out = W.interactive_output(show, {"size": slider})
+    out.layout.min_height = "360px"
+    box = W.VBox([slider, out])
+    display(box)
+    return box

@@ -40,7 +40,7 @@ def test_every_plot_function_is_covered():
     names = {n for n in dir(plots) if n.startswith("plot_")}
     assert names == {"plot_recall_at_k", "plot_ann_tradeoff", "plot_ranked_scores", "plot_length_histogram",
                      "plot_loss_curve", "plot_similarity_matrix", "plot_curve", "plot_align_uniform",
-                     "plot_attention_masks"}, (
+                     "plot_attention_masks", "plot_drift", "plot_frequency_tracking"}, (
         "a new plot_* function needs a test here"
     )
 
@@ -324,3 +324,50 @@ def test_explore_retromae_masking(capsys):
     out = capsys.readouterr().out
     visible = out.split("visible tokens):")[0].rsplit("(", 1)[1]
     assert int(visible.split()[0]) <= 3  # at ratio 0.9 a row sees only specials and ~10 % of the words
+
+
+def test_plot_drift():
+    from course_lib.cbns import DriftRecord
+
+    records = [DriftRecord(10, [0, 1, 2], [1.0, 0.9, 0.5]), DriftRecord(20, [0, 1, 2], [0.99, 0.2, -0.6])]
+    fig = plots.plot_drift({"live": records, "slow": records[:1]})
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    assert [len(ax.get_lines()) for ax in fig.axes] == [3, 2]  # one line per probe step, plus the zero line
+    np.testing.assert_allclose(fig.axes[0].get_lines()[1].get_ydata(), [0.99, 0.2, -0.6])
+    plt.close(fig)
+    with pytest.raises(ValueError, match="at least one run"):
+        plots.plot_drift({"empty": []})
+
+
+def test_plot_frequency_tracking():
+    steps = [100, 200, 300]
+    true_p = np.array([[0.1, 0.2], [0.1, 0.2], [0.3, 0.0]])
+    est_p = np.array([[0.0, 0.2], [0.1, 0.1], [0.3, 0.2]])
+    fig = plots.plot_frequency_tracking(steps, true_p, est_p, {"a": 0, "b": 1}, switch_step=250)
+    left, right = fig.axes
+    assert len(left.get_lines()) == 2 * 2 + 1  # truth and estimate per item, the switch
+    np.testing.assert_allclose(right.get_lines()[0].get_ydata(), [0.05, 0.05, 0.1])
+    plt.close(fig)
+    with pytest.raises(ValueError, match=r"\(T, N\)"):
+        plots.plot_frequency_tracking(steps, true_p[:2], est_p[:2], {"a": 0})
+
+
+def test_explore_memory_size():
+    import torch
+
+    from course_lib.widgets import _memory_size_view, explore_memory_size
+
+    g = torch.Generator().manual_seed(0)
+    q, d, memory = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g), torch.randn(12, 8, generator=g)
+    box = explore_memory_size(q, d, memory, temperature=0.1, size=99)  # clamped to the memory's 12 rows
+    slider = box.children[0]
+    assert slider.value == 12 and slider.max == 12
+    slider.value = 0
+    _, loss_0, p_0 = _memory_size_view(q, d, memory, 0.1, 0)
+    _, loss_12, p_12 = _memory_size_view(q, d, memory, 0.1, 12)
+    assert loss_12 > loss_0 and p_12 < p_0  # more candidates: a higher loss and less mass on the positive
+    with pytest.raises(ValueError, match=r"size must be in \[0, 12\]"):
+        _memory_size_view(q, d, memory, 0.1, 13)
+    with pytest.raises(ValueError, match="memory must be"):
+        explore_memory_size(q, d, memory[:, :4])
+    plt.close("all")
