@@ -505,10 +505,12 @@ fig = plot_recall_at_k({k: runs[k]["metrics"] for k in ("skewed, no logQ", "skew
 #
 # ## 8. At full scale
 #
-# The benchmark runs the same configurations at B = 16, M = 112 (large batch 128), 300 steps (FAST, three
-# seeds) and 800 steps (full), with the configurations and seeds named in `course_lib/cbns.py`
-# (`BENCHMARK_SETTINGS`). The numbers below are read from the repository's `results/*/results.json`, with the
-# command, commit and date that produced them.
+# The benchmark runs the same configurations at B = 16, M = 112 (large batch 128), 300 steps (FAST) and 800
+# steps (full), as named in `course_lib/cbns.py` (`BENCHMARK_SETTINGS`), several seeds each where it says so
+# (mean ± standard deviation over seeds). The numbers below are read from the repository's
+# `results/*/results.json`, with the command, the number of seeds, the commit and the date that produced them.
+# The milliseconds and megabytes are one step's cost (best of three; other jobs shared the 2 cores during the
+# FAST run, so its times are upper bounds).
 
 # %%
 names = ["in_batch_small", "cbns_live", "in_batch_small_momentum", "cbns", "in_batch_large", "cbns_skewed", "cbns_logq"]
@@ -516,13 +518,13 @@ for preset in ("fast", "full"):
     stored_results = benchmark_results(preset)
     missing = [n for n in names if n not in stored_results]
     assert not missing, f"results/{preset}/results.json lacks {missing}: run the benchmark command printed below"
-    first = stored_results[names[0]]
-    print(f"\n{preset}: python -m course_lib.benchmark --preset {preset} --out results/{preset} --methods {' '.join(names)} "
-          f"--seeds {len(first.get('seeds', [0]))} --merge   (commit {first['commit']}, {first['date']})")
+    print(f"\n{preset}: python -m course_lib.benchmark --preset {preset} --out results/{preset} --methods NAME … "
+          "--seeds N --merge")
     for n in names:
         m = stored_results[n]
         print(f"  {n:>24}: R@10 {cell(m, 'recall@10'):>15}  MRR@10 {cell(m, 'mrr@10'):>15}  "
-              f"({m['ms_per_step']:.0f} ms, {m['saved_activation_mb']:.1f} MB per step)")
+              f"({m['ms_per_step']:.0f} ms, {m['saved_activation_mb']:.1f} MB per step; {len(m.get('seeds', [0]))} "
+              f"seed(s), commit {m['commit']}, {m['date']})")
     small, large, mem = (stored_results[k]["recall@10"] for k in ("in_batch_small", "in_batch_large", "cbns"))
     print(f"  share of the small → large gap (R@10) closed by small + memory: {(mem - small) / (large - small):+.0%}")
 
