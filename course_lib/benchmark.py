@@ -131,13 +131,16 @@ def to_markdown(results: dict) -> str:
                       f"(\"{g['frequent_words']}\") {g['token_f1_frequent_words']:.3f} / {g['bleu_frequent_words']:.3f}."]
     memory_rows = [(n, m) for n, m in results["methods"].items() if "memory_size" in m]
     if memory_rows:
-        lines += ["", "Memory-bank configurations (notebook 04; batches drawn ∝ (sense count + 1)^α, cost of one step "
-                  "on this machine: best-of-3 forward + backward, and the activations saved for backward):", ""]
+        lines += ["", "Memory-bank configurations (notebook 04, `course_lib.cbns.BENCHMARK_SETTINGS`; a skewed sampler "
+                  "draws pairs ∝ (sense count + 1)^α; the cost of one step on this machine: best-of-3 forward + "
+                  "backward, and the activations saved for backward):", ""]
         for name, m in memory_rows:
             sampler = "uniform, no duplicates" if m["popularity_alpha"] is None else f"α = {m['popularity_alpha']}"
-            lines.append(f"- {name}: B = {m['batch_size']}, memory M = {m['memory_size']} (warm-up {m['warmup_steps']} "
-                         f"steps), {m['negatives_per_query']} negatives per query, logQ {m['logq'] or 'off'}, "
-                         f"sampler {sampler}; {m['ms_per_step']:.0f} ms and {m['saved_activation_mb']:.1f} MB per step")
+            memory = f"memory M = {m['memory_size']} (after {m['warmup_steps']} warm-up steps)" if m["memory_size"] else "no memory"
+            documents = "live documents" if m.get("momentum") is None else f"slow documents (momentum {m['momentum']})"
+            lines.append(f"- {name}: B = {m['batch_size']}, {memory}, {m['negatives_per_query']} negatives per query, "
+                         f"{documents}, logQ {m['logq'] or 'off'}, sampler {sampler}, lr {m.get('lr', '?')}; "
+                         f"{m['ms_per_step']:.0f} ms and {m['saved_activation_mb']:.1f} MB per step")
     return "\n".join(lines) + "\n"
 
 

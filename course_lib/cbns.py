@@ -3,16 +3,19 @@
 Cross-batch negative sampling (Wang et al., SIGIR 2021, arXiv:2110.15154, §3): a small batch scores its
 queries against its own B positives *and* the M document embeddings that recent batches left in a FIFO
 memory (``course_lib.memory.MemoryBank``), so each query meets B − 1 + M negatives while the encoder only
-runs on B documents. The stored vectors were computed by older weights; CBNS argues (§3.2, Lemma 3.1) that
-after a warm-up of plain in-batch steps the encoder changes slowly enough for them to stay useful
-("embedding stability"), and ``drift_every`` measures exactly that. Popular documents are drawn more often,
-so they are negatives more often; the sampling-bias correction of Yi et al. (RecSys 2019, §4) subtracts each
-candidate's log sampling probability, here from the streaming estimator of their §5
+runs on B documents. The stored vectors were computed by older weights; CBNS argues (§3, "embedding
+stability") that after a warm-up of plain in-batch steps the encoder changes slowly enough for them to stay
+useful, and ``drift_every`` measures exactly that. At our scale, with one encoder shared by queries and
+documents, it does not hold: scoring stored vectors collapses training (notebook 04), and ``momentum`` encodes
+the documents with MoCo's slowly updated copy instead. Popular documents are drawn more often,
+so they are negatives more often; the sampling-bias correction of Yi et al. (RecSys 2019, §3) subtracts each
+candidate's log sampling probability, here from the streaming estimator of their §4
 (``course_lib.memory.StreamingFrequencyEstimator``) or from the sampler's true probabilities.
 
-``CBNSSettings`` holds the method's own knobs; ``BENCHMARK_SETTINGS`` the four configurations that the
-benchmark compares (notebook 04): a small batch, the same with a memory, with a memory and logQ, and a
-large batch whose in-batch candidates equal the small batch's plus the memory.
+``CBNSSettings`` holds the method's own knobs; ``BENCHMARK_SETTINGS`` the seven configurations that the
+benchmark compares (notebook 04): a small batch with and without slow documents, a memory with live and with
+slow documents, the memory under a popularity-skewed sampler with and without logQ, and a large batch whose
+in-batch candidates equal the small batch's plus the memory.
 """
 
 import copy

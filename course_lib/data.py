@@ -567,7 +567,7 @@ class PopularitySampler(_BatchSampler):
     counts (add-one smoothed), ``alpha=0.75`` is word2vec's flattened unigram (Mikolov et al., 2013, §2.2).
 
     Popular documents then show up as in-batch negatives far more often than rare ones, the sampling bias that
-    the logQ correction removes (Yi et al., RecSys 2019; METHODS.md §4): ``doc_probability(doc_id)`` is its q.
+    the logQ correction removes (Yi et al., RecSys 2019, §3): ``doc_probability(doc_id)`` is its q.
     ``popularity`` maps doc id → count (a missing id counts 0). Iteration is infinite.
     """
 
@@ -593,7 +593,7 @@ class PopularitySampler(_BatchSampler):
     def doc_probability(self, doc_id: str) -> float:
         """The probability that one draw puts ``doc_id`` into the batch as a positive column: the sum of the
         probabilities of the examples whose positive it is (0.0 for a document that is no example's positive).
-        This is q(d) of the logQ correction ``s − log q`` (Yi et al., RecSys 2019; METHODS.md §4(a))."""
+        This is q(d) of the logQ correction ``s − log q`` (Yi et al., RecSys 2019, §3)."""
         return self._doc_probabilities.get(doc_id, 0.0)
 
     def __iter__(self):

@@ -203,7 +203,7 @@ def cbns_loss(
     ``q``, ``d``: (B, D), row i of ``d`` is the positive of query i; ``memory``: (M, D) detached document
     embeddings from recent batches (``course_lib.memory.MemoryBank``), extra columns after the B positives;
     None or M = 0 gives exactly ``in_batch_softmax_loss``. Logits are ``s(q_i, c_j)/τ − log q(c_j)``: the
-    sampling-bias (logQ) correction of Yi et al. (RecSys 2019, §4, eq. 3) subtracts each candidate's log
+    sampling-bias (logQ) correction of Yi et al. (RecSys 2019, §3) subtracts each candidate's log
     sampling probability from *every* column, the positive's included, after the temperature (as TensorFlow
     Recommenders does). ``logq`` (B,) belongs to the batch's documents, ``memory_logq`` (M,) to the memory's
     (the value stored when each entry was enqueued); give both or neither when there is a memory. A constant

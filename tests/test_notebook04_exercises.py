@@ -98,25 +98,25 @@ def setup():
     return data, load_tokenizer(data, CFG.vocab_size)
 
 
-def step_cost(data, tok, memory_size):  # the kept solution
+def step_cost(data, tok, memory_size, fill: bool = True):  # the kept solution (fill=False: the unsolved stub)
     s = CBNSSettings(batch_size=16, memory_size=memory_size, warmup_steps=0, momentum=None)
     seed_everything(0)
     model = make_encoder(CFG, tok)
     step = CBNSStep(s, 0.05, dim=model.dim)
-    batches = pair_batches(data, tok, cbns_sampler(data, s, torch.Generator().manual_seed(0)), CFG)
+    measured = next(pair_batches(data, tok, cbns_sampler(data, s, torch.Generator().manual_seed(0)), CFG))
+    others = pair_batches(data, tok, cbns_sampler(data, s, torch.Generator().manual_seed(1)), CFG)
     with torch.no_grad():
-        while len(step.probe.memory) < memory_size:
-            step(model, next(batches))
-    return measure_step(model, step, next(batches), repeats=1)
+        while fill and len(step.probe.memory) < memory_size:
+            step(model, next(others))
+    return len(step.probe.memory), measure_step(model, step, measured, repeats=1)
+
+
+def exercise_4_check(plain, memory) -> bool:
+    return memory[0] == 240 and memory[1]["saved_bytes"] < 1.1 * plain[1]["saved_bytes"]
 
 
 def test_exercise_4(setup):
     data, tok = setup
-    plain, memory = step_cost(data, tok, 0), step_cost(data, tok, 240)
-    assert memory["saved_bytes"] < 1.1 * plain["saved_bytes"]
-    # the stub (no memory filled, i.e. comparing a step with itself at B = 256 instead) fails the check
-    big = measure_step(make_encoder(CFG, tok), CBNSStep(CBNSSettings(batch_size=256, memory_size=0, momentum=None),
-                                                        0.05, dim=128),
-                       next(pair_batches(data, tok, cbns_sampler(data, CBNSSettings(batch_size=256, memory_size=0),
-                                                                 torch.Generator().manual_seed(0)), CFG)), repeats=1)
-    assert not big["saved_bytes"] < 1.1 * plain["saved_bytes"]
+    plain = step_cost(data, tok, 0)
+    assert exercise_4_check(plain, step_cost(data, tok, 240))
+    assert not exercise_4_check(plain, step_cost(data, tok, 240, fill=False))
