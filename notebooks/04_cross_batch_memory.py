@@ -571,7 +571,7 @@ for preset in ("fast", "full"):
         print(f"  share of the {base} → in_batch_large gap (R@10) closed by cbns: {share:+.0%}")
     for a, b in (("cbns", "in_batch_small_momentum"), ("cbns", "in_batch_small"), ("cbns_logq", "cbns_skewed")):
         gap, noise = r10[a] - r10[b], max(sd[a], sd[b])
-        if math.isnan(noise):  # a single seed has no spread to compare the gap with
+        if math.isnan(sd[a]) or math.isnan(sd[b]):  # a single seed has no spread to compare the gap with
             print(f"  {a} vs {b}: R@10 {gap:+.3f} (one seed: no ordering claimed)")
             continue
         verdict = "within noise" if not abs(gap) > noise else ("above" if gap > 0 else "below")
