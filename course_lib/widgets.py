@@ -11,6 +11,21 @@ from IPython.display import display
 from course_lib.plots import plot_attention_masks, plot_ranked_scores, plot_similarity_matrix
 
 
+def _one_slider_box(slider, name: str, draw, min_height: str = "360px"):
+    """Wire one control to a function ``draw(value) -> Figure``: each change redraws the figure below it."""
+
+    def show(**value):
+        fig = draw(value[name])
+        display(fig)
+        plt.close(fig)
+
+    out = W.interactive_output(show, {name: slider})
+    out.layout.min_height = min_height
+    box = W.VBox([slider, out])
+    display(box)
+    return box
+
+
 def _query_view(data, split: str, rankings: dict, method: str, query_index: int, k: int):
     qids, texts, relevant = data.split_items(split)
     if method not in rankings:
@@ -92,16 +107,8 @@ def explore_temperature(q, d, negatives=None, temperature: float = 0.05, title_p
     slider = W.FloatLogSlider(value=temperature, base=10, min=-2.3, max=0.3, step=0.05, description="τ",
                               continuous_update=False, readout_format=".3f")
 
-    def show(temperature):
-        fig, _ = _temperature_view(q, d, negatives, temperature, title_prefix)
-        display(fig)
-        plt.close(fig)
-
-    out = W.interactive_output(show, {"temperature": slider})
-    out.layout.min_height = "360px"
-    box = W.VBox([slider, out])
-    display(box)
-    return box
+    return _one_slider_box(slider, "temperature", lambda temperature: _temperature_view(q, d, negatives, temperature,
+                                                                                       title_prefix)[0])
 
 
 def _mask_row_view(masks: dict, tokens: list[str], row: int) -> str:
@@ -233,13 +240,4 @@ def explore_memory_size(q, d, memory, temperature: float = 0.05, size: int | Non
     plt.close(fig)
     slider = W.IntSlider(value=size, min=0, max=n, step=1, description="memory M", continuous_update=False)
 
-    def show(size):
-        fig, loss, p_pos = _memory_size_view(q, d, memory, temperature, size)
-        display(fig)
-        plt.close(fig)
-
-    out = W.interactive_output(show, {"size": slider})
-    out.layout.min_height = "360px"
-    box = W.VBox([slider, out])
-    display(box)
-    return box
+    return _one_slider_box(slider, "size", lambda size: _memory_size_view(q, d, memory, temperature, size)[0])
