@@ -18,8 +18,8 @@
 # why the memory needs slowly changing document embeddings (MoCo's momentum encoder); logQ under a
 # popularity-skewed sampler; recall curves against a small and a large batch; the results at full scale.
 #
-# **Run time:** FAST preset about 70 s on 2 CPU cores; full preset about 25 minutes (800 steps per run, each
-# evaluation encodes 117,659 documents).
+# **Run time:** FAST preset about 70 s on 2 CPU cores; full preset estimated at 20–25 minutes from the
+# benchmark's stage times (800 steps per run, and each of the eleven evaluations encodes 117,659 documents).
 #
 # **Settings.** The runs here use B = 8 and M = 24 so that the notebook stays within its time budget; the
 # benchmark (section 8) uses B = 16 and M = 112. Every run here and there uses lr 5e-4, not notebook 01's 2e-3:
