@@ -74,8 +74,8 @@ COST_BATCH_SIZES = (16, 64, 256)  # section 1: the cost of one step at these bat
 cfg = get_config(PRESET).replace(temperature=TEMPERATURE)
 generator = seed_everything(cfg.seed, cfg.num_threads)
 FAST = cfg.preset == "fast"
-STEPS = 60 if FAST else 800  # every training run of this notebook
-LONG_STEPS = max(STEPS, 150)  # section 5's run with live documents goes on to here
+STEPS = 40 if FAST else 800  # the training runs of sections 6 and 7, and the small batch of section 5
+LONG_STEPS = max(STEPS, 100)  # section 5's memory runs go on to here
 data = load_dataset("wordnet", cfg.preset)
 tokenizer = load_tokenizer(data, cfg.vocab_size)
 print(cfg.preset, data)
@@ -124,7 +124,7 @@ cost = {}
 for b in COST_BATCH_SIZES:
     plain = settings(batch_size=b, memory_size=0, momentum=None)
     batch = next(pair_batches(data, tokenizer, cbns_sampler(data, plain, torch.Generator().manual_seed(0)), cfg))
-    cost[b] = measure_step(probe_model, CBNSStep(plain, TEMPERATURE, dim=probe_model.dim), batch, repeats=2)
+    cost[b] = measure_step(probe_model, CBNSStep(plain, TEMPERATURE, dim=probe_model.dim), batch, repeats=1)
     print(f"B = {b:>3}: {cost[b]['ms']:6.0f} ms per step, {cost[b]['saved_bytes'] / 2**20:6.1f} MB saved for backward")
 fig = plot_curve(COST_BATCH_SIZES, {"MB saved for backward": [cost[b]["saved_bytes"] / 2**20 for b in COST_BATCH_SIZES]},
                  xlabel="batch size B", ylabel="MB", logx=True, title="Activation memory of one step")
@@ -301,10 +301,10 @@ print("inline Algorithm 2 == course_lib; 3 hash tables never estimate higher tha
 # %% [markdown]
 # Yi et al.'s simulation (§6): N = 1,000 items, batches of 128, H = 5,000 buckets, α = 0.01, items drawn with
 # q ∝ (i + 1)², and halfway the distribution flips to q ∝ (N − i)². The truth to track is the probability that an
-# item appears in a batch, 1 − (1 − q)^128. (Steps: 10,000, where the paper ran 20,000.)
+# item appears in a batch, 1 − (1 − q)^128. (Steps: 8,000, where the paper ran 20,000.)
 
 # %%
-N_ITEMS, SIM_STEPS, SWITCH = 1000, 10_000, 5_000
+N_ITEMS, SIM_STEPS, SWITCH = 1000, 8_000, 4_000
 ranks = torch.arange(N_ITEMS, dtype=torch.float64)
 q_before, q_after = (ranks + 1) ** 2, (N_ITEMS - ranks) ** 2
 q_before, q_after = q_before / q_before.sum(), q_after / q_after.sum()
@@ -338,11 +338,11 @@ assert at[SWITCH + 100] > at[SWITCH] and at[SIM_STEPS] < at[SWITCH + 100], "the 
 #
 # First CBNS as published: the documents of each batch are encoded by the weights being trained, stored, and
 # scored as negatives by the next batches; `WARMUP_STEPS` of plain in-batch training first. We compare it with
-# the same small batch without a memory (`memory_size=0`) at `STEPS`, and let the memory run go on to
-# `LONG_STEPS`. Six times during that run it measures drift: each memory entry re-encoded by today's weights,
+# the same small batch without a memory (`memory_size=0`, `STEPS` steps), and let the memory run go on to
+# `LONG_STEPS`. Several times during that run it measures drift: each memory entry re-encoded by today's weights,
 # its cosine with the stored vector, against its age. A third run is a control: the same memory, but re-encoded
 # by today's weights before it is scored (`refresh_memory=True`: the same documents as negatives, none of them
-# stale, at the price of encoding M more documents per step).
+# stale, at the price of encoding M more documents per step), for as many steps.
 
 # %%
 runs, drift = {}, {}
@@ -352,23 +352,23 @@ seed_everything(cfg.seed, cfg.num_threads)
 model, history, probe = train_cbns(cfg, data, tokenizer, settings(memory_size=0, momentum=None), steps=STEPS, progress=False)
 runs["small batch"] = {"metrics": test_metrics(model), "history": history, "model": model}
 seed_everything(cfg.seed, cfg.num_threads)
-model, history, probe = train_cbns(cfg, data, tokenizer, settings(momentum=None), steps=LONG_STEPS, eval_fn=test_metrics,
-                                   eval_every=STEPS, drift_every=max(1, LONG_STEPS // 6), progress=False)
-live_evals = {e["step"]: e for e in history.evals}
-runs["small + memory (live documents)"] = {"metrics": live_evals[STEPS], "history": history}
+model, history, probe = train_cbns(cfg, data, tokenizer, settings(momentum=None), steps=LONG_STEPS,
+                                   drift_every=max(1, LONG_STEPS // 4), progress=False)
+late = test_metrics(model)
 drift["small + memory (live documents)"] = probe.drift
 seed_everything(cfg.seed, cfg.num_threads)
 model, history, probe = train_cbns(cfg, data, tokenizer, settings(momentum=None, refresh_memory=True), steps=LONG_STEPS,
-                                   drift_every=max(1, LONG_STEPS // 6), progress=False)
+                                   drift_every=max(1, LONG_STEPS // 4), progress=False)
 refreshed = test_metrics(model)
 drift["control: memory re-encoded each step"] = probe.drift
 small = runs["small batch"]["metrics"]
-print(f"step {STEPS:>3}: small batch R@10 {small['recall@10']:.3f}  MRR@10 {small['mrr@10']:.3f}   "
-      f"small + memory (live) R@10 {live_evals[STEPS]['recall@10']:.3f}  MRR@10 {live_evals[STEPS]['mrr@10']:.3f}")
-late = live_evals[LONG_STEPS]
-print(f"step {LONG_STEPS:>3}: small + memory (live) R@10 {late['recall@10']:.3f}  MRR@10 {late['mrr@10']:.3f}   "
-      f"control (memory re-encoded) R@10 {refreshed['recall@10']:.3f}  MRR@10 {refreshed['mrr@10']:.3f}   "
-      f"(untrained: R@10 {before['recall@10']:.3f})")
+print(f"small batch, {STEPS} steps:          R@10 {small['recall@10']:.3f}  MRR@10 {small['mrr@10']:.3f}")
+print(f"small + memory (live), {LONG_STEPS} steps: R@10 {late['recall@10']:.3f}  MRR@10 {late['mrr@10']:.3f}")
+print(f"control (memory re-encoded), {LONG_STEPS} steps: R@10 {refreshed['recall@10']:.3f}  MRR@10 {refreshed['mrr@10']:.3f}")
+print(f"untrained:                           R@10 {before['recall@10']:.3f}  MRR@10 {before['mrr@10']:.3f}")
+stale_collapsed = late["recall@10"] < 0.5 * refreshed["recall@10"]
+print("scoring stored vectors", "collapsed" if stale_collapsed else "did not collapse",
+      "the run, relative to the control that re-encodes them")
 
 # %%
 for name in drift:
@@ -392,11 +392,11 @@ collapsed = fast_results["cbns_live"]["recall@10"] < 0.5 * fast_results["in_batc
 print("with live documents the memory", "collapsed retrieval" if collapsed else "did not collapse retrieval")
 
 # %% [markdown]
-# What the numbers above say: the control, which scores the same documents but re-encoded by today's weights,
-# keeps learning, while the run that scores stored vectors ends near the untrained encoder (compare the last
-# printed line of each). So it is the staleness that breaks training here, not having more negatives. The drift
-# lines of the stale run dip well below 1 in mid-run and come back near 1 once it has collapsed (a collapsed
-# encoder barely changes). Our reading, which these runs support but do not prove: the memory rewards each query
+# What the numbers above say, when the verdict line reads "collapsed": the control, which scores the same
+# documents but re-encoded by today's weights, keeps learning, while the run that scores stored vectors ends
+# near the untrained encoder. Then it is the staleness that breaks training, not having more negatives. The
+# drift lines of the stale run dip below 1 in mid-run and can come back near 1 once it has collapsed (a
+# collapsed encoder barely changes). Our reading, which these runs support but do not prove: the memory rewards each query
 # for moving away from *where documents used to be*, and with one encoder shared by queries and documents,
 # moving every embedding along the last updates does that for all stored vectors at once while each query stays
 # next to its fresh positive. CBNS's two towers, with item embeddings that change slowly, give less room for
@@ -409,13 +409,14 @@ print("with live documents the memory", "collapsed retrieval" if collapsed else 
 # the encoder whose weights follow the trained ones slowly, θ_k ← m·θ_k + (1 − m)·θ after every step. The
 # positives of the batch and the vectors in the memory then come from nearly the same weights, and moving the
 # query encoder cannot outrun the memory. The documents get no gradient; the query encoder learns, and is what
-# we evaluate. Two runs, with and without the memory, so that only the memory differs; and the large batch,
-# B + M, with live documents, as the reference it is meant to approach. A slow-documents step is also cheaper:
-# nothing is backpropagated through the documents (the milliseconds printed below).
+# we evaluate. Below: the memory with slow documents, next to the small batch of section 5 and the large batch,
+# B + M, with live documents, the reference the memory is meant to approach. (The slow copy changes the small
+# batch too; the benchmark's `in_batch_small_momentum`, in section 8, is the same small batch with slow
+# documents and no memory.) A slow-documents step is also cheaper: nothing is backpropagated through the
+# documents (the milliseconds printed below).
 
 # %%
-for name, s in [("small, slow documents", settings(memory_size=0)),
-                ("small + memory, slow documents", settings()),
+for name, s in [("small + memory, slow documents", settings()),
                 (f"large batch B = {BATCH_SIZE + MEMORY_SIZE}", settings(batch_size=BATCH_SIZE + MEMORY_SIZE, memory_size=0,
                                                                         momentum=None))]:
     seed_everything(cfg.seed, cfg.num_threads)
@@ -451,8 +452,10 @@ loss_fig = plot_loss_curve(warm, label=f"small + memory, slow documents (memory 
 # encoder:
 
 # %%
-fig = plot_recall_at_k({"untrained": before} | {k: r["metrics"] for k, r in runs.items()},
-                       title=f"Test split ({cfg.preset}), {STEPS} steps each")
+fig = plot_recall_at_k({"untrained": before} | {k: r["metrics"] for k, r in runs.items()}
+                       | {f"memory, live documents ({LONG_STEPS} steps)": late,
+                          f"control: re-encoded memory ({LONG_STEPS} steps)": refreshed},
+                       title=f"Test split ({cfg.preset}), {STEPS} steps unless stated")
 
 # %% [markdown]
 # How to read these numbers: each run is one seed and, in FAST mode, only a few dozen steps, so differences of a
@@ -461,9 +464,9 @@ fig = plot_recall_at_k({"untrained": before} | {k: r["metrics"] for k, r in runs
 # steps the large batch also *sees* (B + M)/B times as many training pairs, which a memory cannot give;
 # notebook 01's exercise 4 separates those two effects for the batch size.
 #
-# The trained logits with the memory, on B held-out test queries and their documents: the positives left of
-# the line, the memory the run ended with right of it (written by the slow copy; the queries and their
-# positives here are encoded by the trained query encoder, as at evaluation).
+# The trained model with the memory, on B held-out test queries and their documents: below, the B × (B + M)
+# logits, the positives left of the line and the memory the run ended with right of it (written by the slow
+# copy; the queries and their positives are encoded by the trained query encoder, as at evaluation).
 
 # %%
 trained = runs["small + memory, slow documents"]
@@ -473,12 +476,11 @@ _, test_texts, test_relevant = data.split_items("test")
 with torch.no_grad():
     q_t = model(**tokenize(tokenizer, test_texts[:BATCH_SIZE], cfg.max_query_len))  # (B, D)
     d_t = model(**tokenize(tokenizer, [data.corpus[min(r)] for r in test_relevant[:BATCH_SIZE]], cfg.max_doc_len))
-fig = plot_similarity_matrix(similarity_logits(q_t, d_t, stored, temperature=TEMPERATURE), n_positive_cols=BATCH_SIZE,
-                             extra_columns="memory", title="trained (slow documents), held-out test queries: B × (B + M)")
 
 # %% [markdown]
-# **Memory size.** How much probability does the memory take from the positives as M grows? Move the slider:
-# the same trained queries and positives, scored against the first M stored vectors (nothing retrains).
+# **Memory size.** How much probability does the memory take from the positives as M grows? The widget starts
+# at the whole memory; move the slider: the same trained queries and positives, scored against the first M
+# stored vectors (nothing retrains).
 
 # %%
 with torch.no_grad():
@@ -511,36 +513,48 @@ for doc, c in top[:3]:
     print(f"  {c:>4}×  {data.documents[doc][:80]}")
 
 # %% [markdown]
-# Two runs under this sampler, both with the memory and slow documents: without the correction, and with the
-# correction from the streaming estimator (what a real system has: the sampler's true q is known only in a
-# simulation like ours; `logq="sampler"` uses it).
+# The correction needs each document's q, and the streaming estimator of section 4 learns it from the ids alone,
+# no model needed. Feed it the ids of this sampler's batches (the settings that training with `logq="estimator"`
+# uses) and compare with the truth, the chance that a batch of B holds the document, 1 − (1 − q)^B:
 
 # %%
-for name, s in [("skewed, no logQ", skewed),
-                ("skewed, logQ (estimator)", settings(popularity_alpha=POPULARITY_ALPHA, logq="estimator"))]:
-    seed_everything(cfg.seed, cfg.num_threads)
-    model, history, probe = train_cbns(cfg, data, tokenizer, s, steps=STEPS, progress=False)
-    runs[name] = {"metrics": test_metrics(model), "history": history, "probe": probe}
-    m = runs[name]["metrics"]
-    print(f"{name:>26}: R@10 {m['recall@10']:.3f}  MRR@10 {m['mrr@10']:.3f}")
-est = runs["skewed, logQ (estimator)"]["probe"].estimator
+est = StreamingFrequencyEstimator(skewed.estimator_buckets, alpha=skewed.estimator_alpha,
+                                  num_hashes=skewed.estimator_hashes, initial_gap=skewed.estimator_initial_gap)
 top_ids = [doc for doc, _ in top]
-truth = [1 - (1 - sampler.doc_probability(doc)) ** BATCH_SIZE for doc in top_ids]
-estimated = est.prob(top_ids).tolist()
-print(f"the estimator after {STEPS} steps, on the 5 most frequent positives (per-step probability):")
-for doc, p_true, p_est in zip(top_ids, truth, estimated):
-    print(f"  true {p_true:.3f}   estimated {p_est:.3f}   {data.documents[doc][:50]}")
-print(f"median estimate / truth: {np.median(np.array(estimated) / np.array(truth)):.2f}")
-fig = plot_recall_at_k({k: runs[k]["metrics"] for k in ("skewed, no logQ", "skewed, logQ (estimator)")},
-                       title=f"Popularity-skewed batches (α = {POPULARITY_ALPHA}), {STEPS} steps")
+truth = np.array([1 - (1 - sampler.doc_probability(doc)) ** BATCH_SIZE for doc in top_ids])
+stream = cbns_sampler(data, skewed, torch.Generator().manual_seed(cfg.seed + 1))
+ratios = {}
+for step, idx in zip(range(1, 301), stream):
+    est.update([data.train[i].positive for i in idx], step)
+    if step in (STEPS, 300):
+        ratios[step] = est.prob(top_ids).numpy() / truth
+for doc, p_true, p_est in zip(top_ids, truth, est.prob(top_ids).tolist()):
+    print(f"  true {p_true:.3f}   estimated after 300 steps {p_est:.3f}   {data.documents[doc][:50]}")
+print("median estimate / truth on these five: " + ", ".join(f"after {s} steps {np.median(r):.2f}" for s, r in ratios.items()))
+
+# %% [markdown]
+# With α = 0.1 and an initial gap of 100 steps, a document must be seen a few dozen times before its estimate
+# nears the truth (the medians printed above): in a short run the correction is mostly the estimator's start-up.
+#
+# Training under this sampler, with the memory and slow documents, with and without the correction from the
+# estimator: the benchmark's runs (B = 16, M = 112, 300 steps, three seeds; the curves are the means over
+# seeds). In a simulation like ours the sampler's true q is also known (`logq="sampler"`).
+
+# %%
+fast_results = benchmark_results("fast")
+for name in ("cbns", "cbns_skewed", "cbns_logq"):
+    m = fast_results[name]
+    print(f"{name:>12}: R@10 {cell(m, 'recall@10')}  MRR@10 {cell(m, 'mrr@10')}  (sampler α = {m['popularity_alpha']}, "
+          f"logQ {m['logq']})")
+fig = plot_recall_at_k({name: fast_results[name] for name in ("cbns", "cbns_skewed", "cbns_logq")},
+                       title="Benchmark (FAST, 3 seeds): uniform vs skewed batches, logQ off and on")
 
 # %% [markdown]
 # Yi et al. evaluate on held-out *engagements*, which follow the same popularity, and the correction helped
-# there (Wikipedia Recall@10 0.0643 with a plain softmax at τ = 0.07, 0.0987 corrected at τ = 0.05, §6). Our test queries are one per example sentence of held-out
-# senses, not drawn by popularity, so the correction's effect on them is an empirical question, answered (with
-# three seeds) by the benchmark below. A short run also gives the estimator little time: α = 0.1 and the initial
-# gap of 100 steps mean a document must be seen a few dozen times before its estimate is near the truth (the
-# median ratio printed above).
+# there (Wikipedia Recall@10 0.0643 with a plain softmax at τ = 0.07, 0.0987 corrected at τ = 0.05, §6). Our
+# test queries are one per example sentence of held-out senses, not drawn by popularity: what the skew costs,
+# and whether the correction wins any of it back, is read off the numbers above and, with the spread over seeds,
+# in section 8.
 #
 # ## 8. At full scale
 #
