@@ -88,13 +88,14 @@ def machine() -> str:
 
 
 def git_commit() -> str:
-    """The repository's HEAD commit (with "+changes" when the tree has uncommitted changes), or "unknown"."""
+    """The repository's HEAD commit (with "+changes" when tracked files other than the benchmark's own outputs
+    under results/ have uncommitted changes), or "unknown"."""
     root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=root, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                               text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
+                               cwd=root, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+changes" if dirty else "")
