@@ -2,7 +2,7 @@
 
 - Notebooks and tests run in FAST mode unless ``COURSE_FAST`` is set explicitly (``COURSE_FAST=0 pytest
   notebooks`` runs the full preset). The notebook kernels inherit this environment.
-- Every notebook must finish within ``NOTEBOOK_BUDGET_S`` seconds (default 90, COURSE_DESIGN.md §3); nbmake
+- Every notebook must finish within ``NOTEBOOK_BUDGET_S`` seconds (default 90, README "Test everything"); nbmake
   itself only limits single cells, so the whole-notebook budget is checked here.
 """
 
@@ -27,7 +27,7 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         report.longrepr = (
             f"{item.fspath.basename} ran for {call.duration:.1f} s, over its FAST-mode budget of {budget:.0f} s "
-            "(COURSE_DESIGN.md §3); make it faster or raise NOTEBOOK_BUDGET_S deliberately"
+            "(README, Test everything); make it faster or raise NOTEBOOK_BUDGET_S deliberately"
         )
     if is_notebook and call.when == "call":
         report.user_properties.append(("seconds", round(call.duration, 1)))

@@ -2,7 +2,7 @@
 
 ``get_config()`` returns FAST when ``COURSE_FAST=1`` (or, with ``COURSE_FAST`` unset, when ``CI`` is set) and
 the full preset otherwise. FAST is sized so that each notebook runs in at most 90 s on 2 CPU cores
-(COURSE_DESIGN.md §3). Full searches all of WordNet and trains longer with the same small encoder; on 2 CPU
+(the budget that `conftest.py` enforces). Full searches all of WordNet and trains longer with the same small encoder; on 2 CPU
 cores its notebooks take longer than the design's ~15 minutes, mostly to encode 117,659 documents per
 evaluation (the README lists measured times). A GPU, used automatically, shortens both.
 """
@@ -25,7 +25,7 @@ class Config:
     vocab_size: int = 8000
     max_query_len: int = 32
     max_doc_len: int = 48
-    # encoder (transformers BertConfig); dropout 0 and mean pooling learn fastest on CPU (design §9)
+    # encoder (transformers BertConfig); dropout 0 and mean pooling learn fastest on CPU in our probes (README, Presets)
     hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 2

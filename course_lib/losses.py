@@ -6,7 +6,7 @@ then optional hard negatives. Row i's target is column i, and the other columns 
 (DPR, Karpukhin et al., 2020, §3.2 "in-batch negatives"). The loss is the cross-entropy of the softmax over
 the row, InfoNCE (van den Oord et al., 2018, §2.3) with a temperature τ (SimCSE, Gao et al., 2021, §2, eq. 1).
 The column layout and the symmetric term follow sentence-transformers' ``MultipleNegativesRankingLoss``, the
-margin follows PaddleNLP's in-batch-negatives model; METHODS.md §1 lists the sources and the checks that
+margin follows PaddleNLP's in-batch-negatives model; the checks that
 ``tests/test_losses.py`` runs.
 """
 
@@ -69,8 +69,8 @@ def _check_embeddings(q, d, negatives) -> None:
 
 
 def candidate_columns(d: torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
-    """The candidate columns in sentence-transformers' ``MultipleNegativesRankingLoss`` order (METHODS.md
-    §1(b)): the B positives, then the negatives. Per-query negatives (B, K, D) are laid out in K column blocks,
+    """The candidate columns in sentence-transformers' ``MultipleNegativesRankingLoss`` order
+    (sentence-transformers' losses): the B positives, then the negatives. Per-query negatives (B, K, D) are laid out in K column blocks,
     block j holding the j-th negative of every query: ``[d_0..d_{B-1}, n_{0,0}..n_{B-1,0}, n_{0,1}, …]``.
     Shared negatives (M, D) follow the positives as they are. Returns (B + B·K, D) or (B + M, D)."""
     if negatives is None:
@@ -89,7 +89,7 @@ def similarity_logits(
     margin: float = 0.0,
     similarity: str = "cos",
 ) -> torch.Tensor:
-    """The (B, C) logits of the in-batch softmax: ``(S − m·I) / τ`` (METHODS.md §1(a)).
+    """The (B, C) logits of the in-batch softmax: ``(S − m·I) / τ`` (DPR, Karpukhin et al., 2020, §3.2).
 
     ``S[i, j]`` is the similarity of query i and candidate column j (``candidate_columns``: B positives, then
     negatives); ``similarity="cos"`` L2-normalises every embedding first (``F.normalize``, so a zero vector
@@ -114,7 +114,7 @@ def similarity_logits(
 
 def duplicate_mask(doc_ids: Sequence[Hashable], batch_size: int, n_columns: int) -> torch.Tensor:
     """Boolean (B, C) mask of false negatives: True at (i, j) when column j ≠ i carries the id of row i's
-    positive, i.e. the same document appears again in the batch (METHODS.md §1(e): duplicates are false
+    positive, i.e. the same document appears again in the batch (sentence-transformers #3189 and #2732: duplicates are false
     negatives; masking them with −inf is Tom Aarsen's alternative to the no-duplicates sampler).
 
     ``doc_ids`` names the B positive columns (length B; negative columns are then never masked) or every
@@ -155,8 +155,8 @@ def in_batch_softmax_loss(
 ) -> torch.Tensor:
     """In-batch negatives softmax loss (InfoNCE / MultipleNegativesRankingLoss), a scalar tensor.
 
-    ``ℓ = (1/B) Σ_i CE(L_i, i)`` over the logits ``L = (S − m·I)/τ`` of ``similarity_logits`` (METHODS.md
-    §1(a); DPR, Karpukhin et al., 2020, §3.2; van den Oord et al., 2018, §2.3). ``q``, ``d``: (B, D), row i of
+    ``ℓ = (1/B) Σ_i CE(L_i, i)`` over the logits ``L = (S − m·I)/τ`` of ``similarity_logits``
+    (DPR, Karpukhin et al., 2020, §3.2; van den Oord et al., 2018, §2.3). ``q``, ``d``: (B, D), row i of
     ``d`` is the positive of row i of ``q``; ``negatives``: (B, K, D) per-query hard negatives or (M, D)
     shared ones, extra columns after the positives.
 
@@ -180,7 +180,7 @@ def in_batch_softmax_loss(
 
 
 def symmetric_in_batch_loss(q: torch.Tensor, d: torch.Tensor, negatives: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-    """The symmetric in-batch loss (MultipleNegativesSymmetricRankingLoss, METHODS.md §1(a)):
+    """The symmetric in-batch loss (sentence-transformers' MultipleNegativesSymmetricRankingLoss):
     ``in_batch_softmax_loss(..., symmetric=True)``, with the same keyword arguments."""
     return in_batch_softmax_loss(q, d, negatives, symmetric=True, **kwargs)
 

@@ -3,7 +3,7 @@
 Convention: a mask is a BoolTensor (B, L, L) that is True where query position i (row) may attend key
 position j (column). ``attention_bias`` turns it, in one place, into the additive float bias (B, 1, L, L)
 that transformers' BERT layers add to their attention scores (0 where visible, a very large negative number
-where not); a 0/1 *multiplicative* mask is a common bug of PyTorch ports (METHODS.md §2(e)).
+where not); a 0/1 *multiplicative* mask is a common bug of PyTorch ports (bert4keras applies it as an additive bias).
 """
 
 import torch
@@ -35,7 +35,7 @@ def unilm_mask(segment_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch
     With c = cumsum(segment_ids) along the sequence, row i may attend column j iff c_j ≤ c_i and j is not
     padding. Segment-0 tokens ([CLS] A [SEP]) see all of segment 0 and nothing of segment 1; segment-1 tokens
     (B [SEP]) see segment 0 plus themselves and earlier segment-1 tokens. The cumsum rule alone would let the
-    final [SEP] see trailing pads (METHODS.md §2(c) 1), so padding is removed separately.
+    final [SEP] see trailing pads (Dong et al., 2019, UniLM, §2.3), so padding is removed separately.
     """
     _check_2d("segment_ids", segment_ids)
     _check_2d("attention_mask", attention_mask)

@@ -10,7 +10,7 @@ the UniLM mask (Dong et al., 2019, §2.3; ``course_lib.masks.unilm_mask``) and a
 
 Segment-A rows never see segment B, so the [CLS] output of ``[CLS] A [SEP] B [SEP]`` equals that of
 ``[CLS] A [SEP]`` alone: the similarity loss rides on the seq2seq forward pass for free, and at inference a
-sentence is encoded alone (METHODS.md §2).
+sentence is encoded alone (Su, 2020, the SimBERT release, ZhuiyiTechnology/simbert).
 """
 
 import copy
@@ -83,7 +83,7 @@ class SimBERT(torch.nn.Module):
         super().__init__()
         self.bert = bert
         hidden = bert.config.hidden_size
-        self.pooler = torch.nn.Linear(hidden, hidden)  # linear, no tanh (METHODS.md §2(e), RoFormer_pytorch #22)
+        self.pooler = torch.nn.Linear(hidden, hidden)  # linear, no tanh (RoFormer_pytorch #22)
         self.lm_head = LMHead(bert.get_input_embeddings(), bert.config.layer_norm_eps)
 
     @property
@@ -120,7 +120,7 @@ def make_simbert(cfg, tokenizer) -> SimBERT:
 def simbert_from_pretrained(pretrained) -> SimBERT:
     """A SimBERT that starts from a *copy* of a pretrained BERT and its LM head, e.g. the MLM model of
     ``course_lib.retromae.pretrain(decoder=False)``; only the linear pooler is new. The reference starts from
-    pretrained Chinese BERT weights (METHODS.md §2(b)): generation needs a language model to begin with."""
+    pretrained Chinese BERT weights (ZhuiyiTechnology/simbert): generation needs a language model to begin with."""
     model = SimBERT(copy.deepcopy(pretrained.bert))
     model.lm_head.load_state_dict(pretrained.lm_head.state_dict())  # its decoder weight is the copy's embeddings
     return model
@@ -145,7 +145,7 @@ def simbert_similarity_loss(cls: torch.Tensor, scale: float = 30.0) -> torch.Ten
     """SimBERT's similarity loss over a batch of 2n pooled [CLS] vectors (2n, H), partners adjacent.
 
     u = v/‖v‖; S = scale·(U Uᵀ − 10¹²·I) (own row removed *before* scaling, as the reference does); the target
-    of row i is its partner i XOR 1; mean cross-entropy over rows (METHODS.md §2(a)).
+    of row i is its partner i XOR 1; mean cross-entropy over rows (ZhuiyiTechnology/simbert, simbert.py).
     """
     if cls.dim() != 2:
         raise ValueError(f"cls must be (2n, H), got shape {tuple(cls.shape)}")
@@ -167,7 +167,7 @@ def seq2seq_targets(input_ids: torch.Tensor, token_type_ids: torch.Tensor, atten
 
 
 def seq2seq_loss(model: SimBERT, hidden: torch.Tensor, input_ids, token_type_ids, attention_mask) -> torch.Tensor:
-    """Mean token cross-entropy of segment B given A (METHODS.md §2(a)); the LM head runs only on the
+    """Mean token cross-entropy of segment B given A (UniLM, Dong et al., 2019, §2.3); the LM head runs only on the
     predicting positions, which saves most of its (·, V) matmul."""
     where = seq2seq_targets(input_ids, token_type_ids, attention_mask)  # (B, L-1)
     logits = model.lm_head(hidden[:, :-1][where])  # (T, V), T = number of segment-1 tokens

@@ -2,7 +2,7 @@
 
 Importing this module sets ``OMP_WAIT_POLICY=PASSIVE`` *before* torch is imported. With OpenMP's default
 (active) wait policy, 2-thread training on a 2-core machine sometimes stalls for seconds per step
-(COURSE_DESIGN.md §9). It also sets ``HF_HUB_OFFLINE=1`` so that any accidental download fails at once
+(measured on the 2-core CI machine; README, Presets). It also sets ``HF_HUB_OFFLINE=1`` so that any accidental download fails at once
 instead of hanging: this course never fetches anything at run time.
 """
 

@@ -1,5 +1,5 @@
 """Interactive explorers. Each ``explore_*`` draws its figure once directly (so a broken plot raises in the
-cell, where nbmake sees it), then wires the controls with ``interactive_output`` (see STYLE.md: a callback
+cell, where nbmake sees it), then wires the controls with ``interactive_output`` (a callback
 that raises inside an Output widget is silently swallowed). Sliders re-slice precomputed results, or redo
 work that takes well under a second (decoding three sentences)."""
 

@@ -149,7 +149,7 @@ fig = plot_similarity_matrix(similarity_logits(q, d, n[:, None], temperature=TEM
 # cosine −1/(B − 1) (a regular simplex), which gives the floor ln(1 + (B − 1)·exp(−B / ((B − 1)τ))). At τ = 1
 # that floor is barely a nat below ln B; at τ = 0.05 (scale 20) it is essentially 0, and a small score gap
 # becomes a confident choice. Values in common use: SimCSE 0.05, sentence-transformers scale 20 (0.05),
-# SimBERT scale 30, BGE 0.02 (METHODS.md §1).
+# SimBERT scale 30, BGE 0.02 (each library's defaults).
 
 # %%
 q_unit, d_unit = F.normalize(q, dim=-1), F.normalize(d, dim=-1)

@@ -156,7 +156,7 @@ widget = explore_retromae_masking(tokenizer, examples[0], encoder_ratio=ENCODER_
 # ordinary tokens (paper eq. 7). Of the m ordinary columns other than i, round(m · ratio) are hidden, chosen
 # by sorting random scores per row. The reference draws each row's mask from a pool of 256 whole-word masks
 # shared by the batch; fresh draws per row are simpler and give the same visible share. **Checker**: equal to
-# `course_lib.masks.retromae_decoder_mask` for the same draws, and the rules of METHODS.md §3(c) 1 hold.
+# `course_lib.masks.retromae_decoder_mask` for the same draws, and the mask's rules (Xiao et al., 2022, §3.2) hold.
 
 # %%
 def my_decoder_mask(attention_mask, special, ratio, g):
@@ -229,7 +229,7 @@ with torch.no_grad():
 print("my_decode matches course_lib.retromae.RetroMAE.decode")
 
 # %% [markdown]
-# **The bottleneck check** (METHODS.md §3(c) 4). Everything the decoder loss teaches the encoder's
+# **The bottleneck check** (`tests/test_retromae.py`). Everything the decoder loss teaches the encoder's
 # transformer layers flows through h: detach h and those layers get exactly zero gradient (the shared
 # embedding table still gets some, through the content stream).
 
@@ -251,7 +251,7 @@ for detach in (False, True):
 assert decoder_grad_norms(True)[0] == 0.0 and decoder_grad_norms(False)[0] > 0
 
 # %% [markdown]
-# The other behavioural check, the leak probe (METHODS.md §3(c) 3), is in `tests/test_retromae.py`: let each
+# The other behavioural check, the leak probe, is in `tests/test_retromae.py`: let each
 # row see its own token and a tiny model drives the decoder loss to ~0.02 by copying; with the right mask it
 # stays near chance. Exercise 2 repeats it here.
 #
