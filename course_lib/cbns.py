@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from course_lib.data import NoDuplicateBatchSampler, PopularitySampler
 from course_lib.in_batch import _to, pair_batches
 from course_lib.losses import cbns_loss
 from course_lib.memory import MemoryBank, StreamingFrequencyEstimator
 from course_lib.models import make_encoder, tokenize
+from course_lib.samplers import NoDuplicateBatchSampler, PopularitySampler
 from course_lib.train import History, train
 from course_lib.utils import get_device
 
@@ -47,7 +47,7 @@ class CBNSSettings:
     - ``logq``: None, ``"estimator"`` (Yi et al.'s streaming estimate, learned from the batches seen so far)
       or ``"sampler"`` (the popularity sampler's true probability, known only in a simulation like ours).
     - ``popularity_alpha``: batches drawn with probability ∝ (sense count + 1)^α
-      (``course_lib.data.PopularitySampler``), so popular documents really are over-represented as negatives;
+      (``course_lib.samplers.PopularitySampler``), so popular documents really are over-represented as negatives;
       None draws uniform batches without duplicates instead.
     - ``estimator_*``: the estimator's hash buckets, tables and learning rate α (Yi et al. §4; α = 0.1
       rather than their 0.01, because our runs last hundreds of steps, not millions).

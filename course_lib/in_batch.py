@@ -10,9 +10,9 @@ The loss itself is ``course_lib.losses.in_batch_softmax_loss``.
 
 import torch
 
-from course_lib.data import NoDuplicateBatchSampler, RandomBatchSampler
 from course_lib.losses import in_batch_softmax_loss
 from course_lib.models import make_encoder, tokenize
+from course_lib.samplers import NoDuplicateBatchSampler, RandomBatchSampler
 from course_lib.train import History, train
 from course_lib.utils import get_device
 
@@ -49,11 +49,22 @@ def pair_batches(data, tokenizer, sampler, cfg, n_hard: int = 0, generator: torc
                     if cand != e.positive and cand not in picked:
                         picked.append(cand)
                 neg_ids.append(picked)
-            # column-block order: block j holds the j-th negative of every query (as the loss expects)
-            flat = [neg_ids[i][j] for j in range(n_hard) for i in range(len(examples))]
-            batch["n"] = tokenize(tokenizer, [data.documents[n] for n in flat], cfg.max_doc_len)
-            batch["neg_ids"] = flat
+            add_negatives(batch, neg_ids, data, tokenizer, cfg)
         yield batch
+
+
+def add_negatives(batch: dict, neg_ids: list[list[str]], data, tokenizer, cfg) -> dict:
+    """Add K hard negatives per query to a pair batch: ``neg_ids[i]`` holds query i's K document ids (the same K
+    for every query). Sets ``batch["n"]`` (tokens (B·K, Ld)) and ``batch["neg_ids"]`` in column-block order:
+    block j holds the j-th negative of every query, as ``in_batch_step`` and the loss expect."""
+    k = len(neg_ids[0]) if neg_ids else 0
+    if len(neg_ids) != len(batch["doc_ids"]) or k == 0 or any(len(row) != k for row in neg_ids):
+        raise ValueError(f"need one row of K >= 1 negative ids per query ({len(batch['doc_ids'])} rows, the same "
+                         f"K in each), got row lengths {[len(r) for r in neg_ids][:8]}")
+    flat = [neg_ids[i][j] for j in range(k) for i in range(len(neg_ids))]
+    batch["n"] = tokenize(tokenizer, [data.documents[n] for n in flat], cfg.max_doc_len)
+    batch["neg_ids"] = flat
+    return batch
 
 
 def in_batch_step(temperature: float, *, symmetric: bool = False, margin: float = 0.0, mask_duplicates: bool = True):

@@ -13,6 +13,7 @@ import torch
 
 from course_lib.baselines import BM25, minilm_embeddings
 from course_lib.cbns import BENCHMARK_SETTINGS, CBNSStep, cbns_sampler, train_cbns
+from course_lib.hardneg import HardNegSettings, train_hardneg
 from course_lib.in_batch import pair_batches, pretrain_simcse, train_in_batch
 from course_lib.index import ExactIndex
 from course_lib.metrics import KS, corpus_bleu, embed_corpus, frequent_words, mean_token_f1, retrieval_metrics
@@ -216,6 +217,28 @@ def _cbns_method(settings):
     return run_method
 
 
+HARDNEG_METHODS = {"no_mining": "none", "static_hardneg": "static", "ance_refresh": "ance", "dynamic_hardneg": "dynamic"}
+
+
+def _hardneg_method(strategy: str):
+    """A benchmark method for one hard-negative strategy (``course_lib.hardneg``), notebook 05: default
+    ``HardNegSettings``, the preset's steps; results record the settings, the mining events and their seconds
+    (already inside ``train_seconds``)."""
+
+    def run_method(cfg, data, tokenizer) -> MethodResult:
+        seed_everything(cfg.seed, cfg.num_threads)
+        settings = HardNegSettings(strategy=strategy)
+        model, history, source = train_hardneg(cfg, data, tokenizer, settings, progress=False)
+        result = _trained_result(cfg, data, tokenizer, model, history)
+        result.extra = settings.describe() | {
+            "train_pairs": len(source.examples), "mining_pool": len(source.pool_ids),
+            "mining_seconds": round(source.seconds, 1), "mining_events": source.log}
+        return result
+
+    run_method.__doc__ = f"Hard negatives, strategy {strategy!r} (course_lib.hardneg), notebook 05."
+    return run_method
+
+
 METHODS = {
     "bm25": run_bm25,
     "untrained": run_untrained,
@@ -228,4 +251,5 @@ METHODS = {
     "random_then_in_batch": run_random_then_in_batch,
     "mlm_then_in_batch": run_mlm_then_in_batch,
     "retromae_then_in_batch": run_retromae_then_in_batch,
-} | {name: _cbns_method(settings) for name, settings in BENCHMARK_SETTINGS.items()}
+} | {name: _cbns_method(settings) for name, settings in BENCHMARK_SETTINGS.items()} | {
+    name: _hardneg_method(strategy) for name, strategy in HARDNEG_METHODS.items()}

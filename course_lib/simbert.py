@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from transformers import BertModel
 
-from course_lib.data import NoDuplicateBatchSampler, TrainExample
+from course_lib.data import TrainExample
 from course_lib.masks import attention_bias, unilm_mask
 from course_lib.models import LMHead, bert_config, encode
+from course_lib.samplers import NoDuplicateBatchSampler
 from course_lib.train import History, train
 from course_lib.utils import get_device
 

@@ -81,7 +81,8 @@ def train(
     """Run ``step_fn`` over ``batches`` until ``max_steps``, ``time_budget_s`` (training time, evaluation
     excluded) or the end of ``batches``, whichever comes first.
 
-    ``eval_fn(model) -> dict`` runs every ``eval_every`` steps and once at the end. A non-finite loss stops the
+    ``eval_fn(model) -> dict`` runs every ``eval_every`` steps and once at the end; each record is
+    ``{"step", "train_seconds" (so far), **eval_fn(model)}``, for curves against steps or seconds. A non-finite loss stops the
     run with ``FloatingPointError`` naming the step (a diverged run should not look like a finished one).
     """
     if max_steps is None and time_budget_s is None:
@@ -98,7 +99,7 @@ def train(
 
     def run_eval() -> None:
         t0 = time.perf_counter()
-        history.evals.append({"step": history.steps, **eval_fn(model)})
+        history.evals.append({"step": history.steps, "train_seconds": round(history.train_seconds, 3), **eval_fn(model)})
         history.eval_seconds += time.perf_counter() - t0
 
     try:

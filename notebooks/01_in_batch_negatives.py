@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from course_lib.baselines import BM25, minilm_embeddings
 from course_lib.config import get_config
-from course_lib.data import NoDuplicateBatchSampler, RandomBatchSampler, load_dataset
+from course_lib.data import load_dataset
 from course_lib.in_batch import pair_batches, pretrain_simcse, train_in_batch
 from course_lib.index import ExactIndex
 from course_lib.losses import in_batch_softmax_loss, similarity_logits
@@ -41,6 +41,7 @@ from course_lib.plots import (
     plot_recall_at_k,
     plot_similarity_matrix,
 )
+from course_lib.samplers import NoDuplicateBatchSampler, RandomBatchSampler
 from course_lib.tokenizer import load_tokenizer
 from course_lib.utils import seed_everything
 from course_lib.widgets import explore_temperature

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from course_lib.config import get_config
-from course_lib.data import NoDuplicateBatchSampler, load_dataset
+from course_lib.data import load_dataset
 from course_lib.in_batch import in_batch_step, pair_batches, pretrain_simcse, simcse_batches, train_in_batch
 from course_lib.metrics import evaluate
 from course_lib.models import make_encoder
+from course_lib.samplers import NoDuplicateBatchSampler
 from course_lib.tokenizer import load_tokenizer
 from course_lib.utils import seed_everything
 

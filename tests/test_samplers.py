@@ -1,4 +1,4 @@
-"""Batch samplers in ``course_lib.data``: determinism, batch sizes, epoch coverage, no duplicates within a
+"""Batch samplers in ``course_lib.samplers``: determinism, batch sizes, epoch coverage, no duplicates within a
 batch, popularity-skewed draws and their per-document probabilities, and input validation."""
 
 import math
@@ -9,7 +9,8 @@ import pytest
 import torch
 from scipy.stats import chi2
 
-from course_lib.data import NoDuplicateBatchSampler, PopularitySampler, RandomBatchSampler, TrainExample
+from course_lib.data import TrainExample
+from course_lib.samplers import NoDuplicateBatchSampler, PopularitySampler, RandomBatchSampler
 
 
 def gen(seed: int = 0) -> torch.Generator:

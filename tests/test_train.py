@@ -90,7 +90,8 @@ def test_eval_schedule(max_steps, eval_every, expected):
     history = train(model, mse_step, stream, optimizer=optimizer, max_steps=max_steps, eval_fn=eval_fn,
                     eval_every=eval_every, progress=False)
     assert [e["step"] for e in history.evals] == expected
-    assert all(set(e) == {"step", "w0"} for e in history.evals)
+    assert all(set(e) == {"step", "train_seconds", "w0"} for e in history.evals)
+    assert [e["train_seconds"] for e in history.evals] == sorted(e["train_seconds"] for e in history.evals)
     assert len(calls) == len(expected)  # no evaluation runs twice for one step
     assert history.eval_seconds >= 0
 
