@@ -173,11 +173,12 @@ def hardneg_batches(source: NegativeSource, model, sampler, generator: torch.Gen
         yield batch
 
 
-def train_hardneg(cfg, data, tokenizer, settings: HardNegSettings, *, model=None, steps: int | None = None,
-                  batch_size: int | None = None, eval_fn=None, eval_every: int | None = None,
-                  progress: bool = True) -> tuple[torch.nn.Module, History, NegativeSource]:
+def train_hardneg(cfg, data, tokenizer, settings: HardNegSettings, *, model=None, optimizer=None,
+                  steps: int | None = None, batch_size: int | None = None, eval_fn=None,
+                  eval_every: int | None = None, progress: bool = True) -> tuple[torch.nn.Module, History, NegativeSource]:
     """Train an encoder (new unless ``model`` is given) on ``mining_pairs(data)`` with ``settings``' strategy,
-    the preset's temperature, lr, batch size and step budget. ``history.train_seconds`` includes the mining;
+    the preset's temperature, lr, batch size and step budget; ``optimizer`` (over ``model``'s parameters, e.g.
+    to continue a run with its AdamW state) defaults to a new AdamW. ``history.train_seconds`` includes the mining;
     each evaluation record also holds ``train_seconds`` and ``mining_seconds`` so far (for wall-clock curves).
     Returns the model, the ``History`` and the ``NegativeSource`` (its ``log``, ``negatives``, ``miner``)."""
     device = get_device()
@@ -193,7 +194,7 @@ def train_hardneg(cfg, data, tokenizer, settings: HardNegSettings, *, model=None
         model,
         in_batch_step(cfg.temperature),
         hardneg_batches(source, model, sampler, generator),
-        optimizer=torch.optim.AdamW(model.parameters(), lr=cfg.lr),
+        optimizer=optimizer or torch.optim.AdamW(model.parameters(), lr=cfg.lr),
         max_steps=steps or cfg.train_steps,
         time_budget_s=cfg.train_seconds,
         eval_fn=timed_eval if eval_fn is not None else None,

@@ -289,3 +289,40 @@ def plot_frequency_tracking(steps, true_p, est_p, items: dict[str, int], switch_
             ax.axvline(switch_step, color="k", ls=":", lw=1)
     fig.tight_layout()
     return fig
+
+
+def plot_score_histograms(scores: dict[str, list[float]], bins: int = 40, ax=None,
+                          title: str = "Scores against each query", xlabel: str = "cosine similarity"):
+    """Overlaid, density-normalised histograms, one per named list of scores (e.g. the positive's score, the
+    hardest in-batch negative's, the hardest mined negative's), each with its median as a dashed line."""
+    if not scores or any(len(v) == 0 for v in scores.values()):
+        raise ValueError("scores must map names to non-empty lists")
+    fig, ax = _axes(ax)
+    lo = min(min(v) for v in scores.values())
+    hi = max(max(v) for v in scores.values())
+    edges = np.linspace(lo, hi, bins + 1)
+    for i, (name, vals) in enumerate(scores.items()):
+        color = COLORS[i % len(COLORS)]
+        ax.hist(vals, bins=edges, density=True, alpha=0.45, color=color, label=f"{name} (median {np.median(vals):.2f})")
+        ax.axvline(float(np.median(vals)), color=color, linestyle="--", linewidth=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_series(series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str = "", ax=None):
+    """One line per named ``(xs, ys)`` pair, each with its own x values (e.g. recall against seconds)."""
+    if not series or any(len(xs) != len(ys) or not xs for xs, ys in series.values()):
+        raise ValueError("series must map names to (xs, ys) of equal, non-zero length")
+    fig, ax = _axes(ax)
+    for i, (name, (xs, ys)) in enumerate(series.items()):
+        ax.plot(xs, ys, marker="o", markersize=3, color=COLORS[i % len(COLORS)], label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -241,3 +241,46 @@ def explore_memory_size(q, d, memory, temperature: float = 0.05, size: int | Non
     slider = W.IntSlider(value=size, min=0, max=n, step=1, description="memory M", continuous_update=False)
 
     return _one_slider_box(slider, "size", lambda size: _memory_size_view(q, d, memory, temperature, size)[0])
+
+
+def _mining_view(item: dict, lo: int, n: int, margin: float) -> str:
+    """One query's candidates around the window [lo, lo + n): score, whether the sign-robust relative margin
+    keeps it (s ≤ s⁺ − |s⁺|·m), and the judges' flags. Mining samples from the kept rows inside the window."""
+    s_plus = item["s_plus"]
+    limit = s_plus - abs(s_plus) * margin
+    lines = [f"query: {item['query']}", f"positive (s⁺ = {s_plus:.3f}): {item['positive'][:90]}",
+             f"window ranks [{lo}, {lo + n}), relative margin {margin:.2f} → keep s ≤ {limit:.3f}",
+             " rank  score  in window  kept  judges  document"]
+    shown = [c for c in item["candidates"] if lo - 3 <= c["rank"] < lo + n + 3]
+    kept = 0
+    for c in shown:
+        inside = lo <= c["rank"] < lo + n
+        ok = c["score"] <= limit
+        kept += inside and ok
+        flags = ",".join(c["flags"]) or "-"
+        lines.append(f"{c['rank']:>5}  {c['score']:.3f}  {'yes' if inside else '   ':>9}  {'yes' if ok else 'NO':>4}  "
+                     f"{flags:>6}  {c['text'][:70]}")
+    lines.append(f"{kept} of {n} window candidates kept")
+    return "\n".join(lines)
+
+
+def explore_mining(items: list[dict], lo: int = 10, n: int = 8, margin: float = 0.05):
+    """Pick a query, slide the rank window's start and the relative margin; see what would be mined.
+
+    ``items``: per query ``{"query", "positive", "s_plus", "candidates": [{"rank", "score", "text", "flags"}]}``
+    with candidates in rank order (ranks after removing the positive), precomputed, so sliding costs nothing."""
+    if not items:
+        raise ValueError("items is empty: give at least one query's candidates")
+    max_lo = max(c["rank"] for c in items[0]["candidates"]) - n + 1
+    print(_mining_view(items[0], lo, n, margin))  # once directly
+    controls = {
+        "query": W.IntSlider(value=0, min=0, max=len(items) - 1, description="query", continuous_update=False),
+        "lo": W.IntSlider(value=lo, min=0, max=max(0, max_lo), description="window start", continuous_update=False),
+        "margin": W.FloatSlider(value=margin, min=0.0, max=0.5, step=0.01, description="rel. margin",
+                                continuous_update=False),
+    }
+    out = W.interactive_output(lambda query, lo, margin: print(_mining_view(items[query], lo, n, margin)), controls)
+    out.layout.min_height = "380px"
+    box = W.VBox([W.HBox(list(controls.values())), out])
+    display(box)
+    return box

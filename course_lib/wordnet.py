@@ -135,16 +135,3 @@ def parse_pointers(folder: Path, symbols=tuple(SENSE_GROUP_POINTERS)) -> dict[st
                 for sym, target in found:
                     out.setdefault(letter + parts[0], {}).setdefault(sym, set()).add(target)
     return out
-
-
-def sense_group_neighbours(pointers: dict[str, dict[str, set[str]]]) -> dict[str, set[str]]:
-    """Synset id → the synsets it is linked to by any of the parsed pointers, in either direction (WordNet
-    stores most of these pointers both ways, but not all)."""
-    out: dict[str, set[str]] = defaultdict(set)
-    for source, by_symbol in pointers.items():
-        for targets in by_symbol.values():
-            for t in targets:
-                if t != source:
-                    out[source].add(t)
-                    out[t].add(source)
-    return dict(out)
