@@ -276,8 +276,8 @@ class DynamicHardNegativeMiner:
         should_replace(0.0, 0.0, factor, abs_limit)  # validates factor and abs_limit
         if per not in ("example", "negative"):
             raise ValueError(f"per must be 'example' (Conan's averaged score) or 'negative', got {per!r}")
-        self.doc_ids, doc_pos = _doc_positions(doc_ids)
-        pos_sets = _positive_sets(positive_ids, len(initial.ids), doc_pos)
+        self.doc_ids, self._doc_pos = _doc_positions(doc_ids)
+        pos_sets = _positive_sets(positive_ids, len(initial.ids), self._doc_pos)
         self._excluded = _excluded(pos_sets, self.doc_ids, query_texts, doc_texts)
         self.n = max((len(r) for r in initial.ids), default=0)
         if self.n == 0:
@@ -295,6 +295,12 @@ class DynamicHardNegativeMiner:
         _check_int("step", step, 0)
         return step > 0 and step % self.check_every == 0
 
+    def _encode_corpus(self, encode_docs: Callable, dim: int) -> torch.Tensor:
+        corpus = _check_embeddings("encode_docs(doc_ids)", encode_docs(self.doc_ids), dim)  # (N, D)
+        if corpus.shape[0] != len(self.doc_ids):
+            raise ValueError(f"encode_docs returned {corpus.shape[0]} rows for {len(self.doc_ids)} doc_ids")
+        return corpus
+
     def maybe_update(self, step: int, encode_queries: Callable, encode_docs: Callable, examples=None,
                      search: Callable | None = None) -> int:
         """At a due step, rescore the negatives and replace the stale ones; returns how many were replaced.
@@ -303,7 +309,9 @@ class DynamicHardNegativeMiner:
         CURRENT model, one row per argument, in order. ``examples`` restricts the check (default: all).
         ``search(query_vectors, k) -> (ranked ids, scores)`` must rank the whole corpus with the current model
         (e.g. ``ExactIndex.search`` over a re-encoded corpus); without it, once a rule fires, the miner
-        encodes all ``doc_ids`` with ``encode_docs`` into an ``ExactIndex``. Off cadence: no call."""
+        encodes all ``doc_ids`` with ``encode_docs`` into an ``ExactIndex`` (when the negatives to rescore are
+        at least half the corpus, it encodes the corpus once, up front, and reads their rows from it). Off
+        cadence: no call."""
         if not self.due(step):
             return 0
         rows = list(range(len(self.negatives))) if examples is None else list(examples)
@@ -315,7 +323,12 @@ class DynamicHardNegativeMiner:
             return 0
         q = _check_embeddings("encode_queries(...)", encode_queries(rows))  # (k, D)
         docs = list(dict.fromkeys(d for e in rows for d in self.negatives[e]))
-        d = _check_embeddings("encode_docs(...)", encode_docs(docs), q.shape[1])  # (m, D)
+        corpus = None
+        if search is None and 2 * len(docs) >= len(self.doc_ids):  # the negatives are most of the corpus:
+            corpus = self._encode_corpus(encode_docs, q.shape[1])  # encode it once, for scores and search
+            d = corpus[[self._doc_pos[x] for x in docs]]  # (m, D)
+        else:
+            d = _check_embeddings("encode_docs(...)", encode_docs(docs), q.shape[1])  # (m, D)
         if q.shape[0] != len(rows) or d.shape[0] != len(docs):
             raise ValueError(f"encode_queries / encode_docs returned {q.shape[0]} / {d.shape[0]} rows for "
                              f"{len(rows)} / {len(docs)} inputs; return one embedding per input, in order")
@@ -334,7 +347,7 @@ class DynamicHardNegativeMiner:
         if not fired:
             return 0
         if search is None:
-            corpus = _check_embeddings("encode_docs(doc_ids)", encode_docs(self.doc_ids), q.shape[1])
+            corpus = corpus if corpus is not None else self._encode_corpus(encode_docs, q.shape[1])
             index = ExactIndex(q.shape[1])
             index.add(self.doc_ids, corpus)
             search = index.search

@@ -393,6 +393,14 @@ def test_dynamic_search_callable_matches_default_and_examples_subset():
     assert a.maybe_update(10, enc_q, enc_d) == b.maybe_update(10, *encoders(new_q, docs), search=index.search)
     assert a.negatives == b.negatives and a.history == b.history
     assert enc_d.calls == 2  # negatives, then the whole corpus for the fresh search
+    wide, *_ = dynamic_setup(n=16, check_every=10)  # 6 × 16 negatives: at least half of the 120 documents
+    wide_ref, *_ = dynamic_setup(n=16, check_every=10)
+    enc_wide = Counter(docs, lambda x: int(x[1:]))
+    assert len({x for row in wide.negatives for x in row}) * 2 >= 120
+    assert wide.maybe_update(10, Counter(new_q, lambda e: e), enc_wide) > 0
+    assert enc_wide.calls == 1  # the corpus once: the negatives' rows come from it
+    wide_ref.maybe_update(10, Counter(new_q, lambda e: e), Counter(docs, lambda x: int(x[1:])), search=index.search)
+    assert wide.negatives == wide_ref.negatives and wide.history == wide_ref.history
     c, *_ = dynamic_setup(check_every=10)
     untouched = [list(c.negatives[e]) for e in (0, 2, 4, 5)]
     assert a.history[1] and a.history[2] and a.history[3]  # these fire under the new model
