@@ -145,6 +145,34 @@ def to_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+
+
+def stored_results(preset: str) -> dict:
+    """The methods of the repository's ``results/<preset>/results.json`` (each records its date and commit)."""
+    path = RESULTS_DIR / preset / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; run python -m course_lib.benchmark --preset {preset} "
+                                f"--out results/{preset}")
+    return json.loads(path.read_text())["methods"]
+
+
+def mean_sd(m: dict, key: str) -> str:
+    """A stored metric as 'mean ± sd' over seeds, or the single value."""
+    return f"{m[key]:.3f}" + (f" ± {m['spread'][key]:.3f}" if "spread" in m else "")
+
+
+def ordering(a: dict, b: dict, key: str = "recall@10") -> tuple[float, str]:
+    """Gap ``a − b`` of a stored metric and the verdict the course allows: "above" / "below" only when the gap
+    exceeds the larger standard deviation over seeds, else "within noise"; "one seed" when either has none."""
+    gap = a[key] - b[key]
+    if "spread" not in a or "spread" not in b:
+        return gap, "one seed: no ordering claimed"
+    noise = max(a["spread"][key], b["spread"][key])
+    verdict = "within noise" if not abs(gap) > noise else ("above" if gap > 0 else "below")
+    return gap, f"{verdict} (largest sd {noise:.3f})"
+
+
 def summarize_seeds(runs: list[MethodResult], seeds: list[int]) -> dict:
     """One results.json entry from a method's runs: the mean of each reported metric (and of the training cost),
     with ``spread`` (the sample standard deviation over seeds) and ``per_seed`` when there is more than one run.

@@ -30,14 +30,13 @@ import course_lib  # noqa: F401  first: sets OMP_WAIT_POLICY=PASSIVE before torc
 
 # isort: split
 import collections
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from course_lib.benchmark import mean_sd, ordering, stored_results
 from course_lib.cbns import CBNSSettings, CBNSStep, cbns_sampler, train_cbns
 from course_lib.config import get_config
 from course_lib.data import load_dataset
@@ -91,20 +90,6 @@ def settings(**changes) -> CBNSSettings:
 def test_metrics(model):
     """Recall@k, MRR@10, nDCG@10 on the test split (exact search over the corpus)."""
     return evaluate(model, data, "test", tokenizer=tokenizer, max_query_len=cfg.max_query_len, max_doc_len=cfg.max_doc_len)
-
-
-REPO = Path(course_lib.__file__).resolve().parent.parent
-
-
-def benchmark_results(preset: str) -> dict:
-    """The repository's benchmark results of a preset (results/<preset>/results.json, written by
-    `python -m course_lib.benchmark`; each method records the command's date and commit)."""
-    return json.loads((REPO / "results" / preset / "results.json").read_text())["methods"]
-
-
-def cell(m: dict, key: str) -> str:
-    """A metric as 'mean ± sd' over seeds (or the single value)."""
-    return f"{m[key]:.3f}" + (f" ± {m['spread'][key]:.3f}" if "spread" in m else "")
 
 
 # %% [markdown]
@@ -384,10 +369,10 @@ fig = plot_drift(drift)
 # steps):
 
 # %%
-fast_results = benchmark_results("fast")
+fast_results = stored_results("fast")
 for name in ("in_batch_small", "cbns_live"):
     m = fast_results[name]
-    print(f"{name:>15}: R@10 {cell(m, 'recall@10')}  MRR@10 {cell(m, 'mrr@10')}   (commit {m['commit']}, {m['date']})")
+    print(f"{name:>15}: R@10 {mean_sd(m, 'recall@10')}  MRR@10 {mean_sd(m, 'mrr@10')}   (commit {m['commit']}, {m['date']})")
 collapsed = fast_results["cbns_live"]["recall@10"] < 0.5 * fast_results["in_batch_small"]["recall@10"]
 print("with live documents the memory", "collapsed retrieval" if collapsed else "did not collapse retrieval")
 
@@ -541,10 +526,10 @@ print("median estimate / truth on these five: " + ", ".join(f"after {s} steps {n
 # seeds). In a simulation like ours the sampler's true q is also known (`logq="sampler"`).
 
 # %%
-fast_results = benchmark_results("fast")
+fast_results = stored_results("fast")
 for name in ("cbns", "cbns_skewed", "cbns_logq"):
     m = fast_results[name]
-    print(f"{name:>12}: R@10 {cell(m, 'recall@10')}  MRR@10 {cell(m, 'mrr@10')}  (sampler α = {m['popularity_alpha']}, "
+    print(f"{name:>12}: R@10 {mean_sd(m, 'recall@10')}  MRR@10 {mean_sd(m, 'mrr@10')}  (sampler α = {m['popularity_alpha']}, "
           f"logQ {m['logq']})")
 fig = plot_recall_at_k({name: fast_results[name] for name in ("cbns", "cbns_skewed", "cbns_logq")},
                        title="Benchmark (FAST, 3 seeds): uniform vs skewed batches, logQ off and on")
@@ -568,28 +553,23 @@ fig = plot_recall_at_k({name: fast_results[name] for name in ("cbns", "cbns_skew
 # %%
 names = ["in_batch_small", "cbns_live", "in_batch_small_momentum", "cbns", "in_batch_large", "cbns_skewed", "cbns_logq"]
 for preset in ("fast", "full"):
-    stored_results = benchmark_results(preset)
-    missing = [n for n in names if n not in stored_results]
+    stored = stored_results(preset)
+    missing = [n for n in names if n not in stored]
     assert not missing, f"results/{preset}/results.json lacks {missing}: run the benchmark command printed below"
     print(f"\n{preset}: python -m course_lib.benchmark --preset {preset} --out results/{preset} --methods NAME … "
           "--seeds N --merge")
     for n in names:
-        m = stored_results[n]
-        print(f"  {n:>24}: R@10 {cell(m, 'recall@10'):>15}  MRR@10 {cell(m, 'mrr@10'):>15}  "
+        m = stored[n]
+        print(f"  {n:>24}: R@10 {mean_sd(m, 'recall@10'):>15}  MRR@10 {mean_sd(m, 'mrr@10'):>15}  "
               f"({m['ms_per_step']:.0f} ms, {m['saved_activation_mb']:.1f} MB per step; {len(m.get('seeds', [0]))} "
               f"seed(s), commit {m['commit']}, {m['date']})")
-    r10 = {k: stored_results[k]["recall@10"] for k in names}
-    sd = {k: stored_results[k].get("spread", {}).get("recall@10", float("nan")) for k in names}
+    r10 = {k: stored[k]["recall@10"] for k in names}
     for base in ("in_batch_small", "in_batch_small_momentum"):
         share = (r10["cbns"] - r10[base]) / (r10["in_batch_large"] - r10[base])
         print(f"  share of the {base} → in_batch_large gap (R@10) closed by cbns: {share:+.0%}")
     for a, b in (("cbns", "in_batch_small_momentum"), ("cbns", "in_batch_small"), ("cbns_logq", "cbns_skewed")):
-        gap, noise = r10[a] - r10[b], max(sd[a], sd[b])
-        if math.isnan(sd[a]) or math.isnan(sd[b]):  # a single seed has no spread to compare the gap with
-            print(f"  {a} vs {b}: R@10 {gap:+.3f} (one seed: no ordering claimed)")
-            continue
-        verdict = "within noise" if not abs(gap) > noise else ("above" if gap > 0 else "below")
-        print(f"  {a} vs {b}: R@10 {gap:+.3f} (largest sd {noise:.3f}): {verdict}")
+        gap, verdict = ordering(stored[a], stored[b])
+        print(f"  {a} vs {b}: R@10 {gap:+.3f}, {verdict}")
 
 # %% [markdown]
 # How to read the table: "within noise" means the gap is not larger than the standard deviation over seeds, and

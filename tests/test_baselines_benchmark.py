@@ -189,3 +189,20 @@ def test_replot_without_results_says_how_to_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="run the benchmark with --out"):
         bench.main(["--preset", "fast", "--out", str(tmp_path), "--replot"])
     assert not list(tmp_path.iterdir())
+
+
+def test_ordering_claims_only_gaps_above_the_spread():
+    from course_lib.benchmark import mean_sd, ordering, stored_results
+
+    a = {"recall@10": 0.40, "spread": {"recall@10": 0.01}}
+    b = {"recall@10": 0.35, "spread": {"recall@10": 0.03}}
+    c = {"recall@10": 0.38, "spread": {"recall@10": 0.03}}
+    assert ordering(a, b)[1].startswith("above") and ordering(b, a)[1].startswith("below")
+    assert ordering(a, c)[1].startswith("within noise")  # gap 0.02 < the larger sd 0.03
+    assert ordering(a, {"recall@10": 0.1})[1].startswith("one seed")
+    assert ordering(a, b)[0] == pytest.approx(0.05)
+    assert mean_sd(a, "recall@10") == "0.400 ± 0.010" and mean_sd({"recall@10": 0.5}, "recall@10") == "0.500"
+    fast = stored_results("fast")
+    assert "recall@10" in fast["in_batch"]
+    with pytest.raises(FileNotFoundError, match="course_lib.benchmark"):
+        stored_results("nonexistent-preset")

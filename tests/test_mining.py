@@ -565,3 +565,41 @@ def test_other_validation():
         miner.maybe_update(10, lambda rows: queries[:2], encoders(queries, docs)[1])
     with pytest.raises(TypeError, match="MinedNegatives"):
         DynamicHardNegativeMiner({"ids": []}, [], [])
+
+
+def test_peer_sentence_transformers_with_minilm():
+    """The same check on real data and a real model: 40 WordNet training pairs, a 400-document corpus that holds
+    their positives, all-MiniLM-L6-v2 loaded by sentence-transformers from the installed package (offline).
+    Both rank the corpus by cosine and count ranks after removing the positive, so with ST's 'top' strategy
+    over ranks [lo, hi) and our window (lo, hi) without sampling they return the same documents in the same
+    order. Where they differ (not exercised here): ST works on texts, so two documents with the same text are
+    one candidate; with margins it filters before counting ranks (the test above); and it does not fill short
+    rows, where ours does unless ``fill=None`` (as here)."""
+    datasets = pytest.importorskip("datasets", reason="sentence-transformers' mine_hard_negatives takes a "
+                                   "datasets.Dataset and `datasets` is not installed")
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.util import mine_hard_negatives as st_mine
+
+    from course_lib.data import load_dataset
+    from course_lib.models import minilm_dir
+
+    data = load_dataset("wordnet", "fast")
+    pairs = [e for e in data.train if e.positive in data.corpus][:40]
+    doc_ids = sorted({e.positive for e in pairs} | set(sorted(data.corpus)[:400 - len(pairs)]))
+    texts = [data.corpus[d] for d in doc_ids]
+    assert len(set(texts)) == len(texts)  # ST works on texts: ids and texts must map one to one
+    model = SentenceTransformer(str(minilm_dir()), device="cpu")
+    q_emb = torch.as_tensor(model.encode([e.query for e in pairs], normalize_embeddings=True))  # (40, 384)
+    d_emb = torch.as_tensor(model.encode(texts, normalize_embeddings=True))  # (400, 384)
+    lo, hi = 3, 10
+    ours = mine_hard_negatives(q_emb, [e.positive for e in pairs], doc_ids, d_emb, rank_range=(lo, hi),
+                               num_negatives=hi - lo, fill=None)
+    dataset = datasets.Dataset.from_dict({"query": [e.query for e in pairs],
+                                          "positive": [data.corpus[e.positive] for e in pairs]})
+    theirs = st_mine(dataset, model, corpus=texts, range_min=lo, range_max=hi, num_negatives=hi - lo,
+                     sampling_strategy="top", output_format="n-tuple", verbose=False, batch_size=64)
+    assert len(theirs) == len(pairs)
+    text_of = dict(zip(doc_ids, texts))
+    agree = [[row[f"negative_{j}"] for j in range(1, hi - lo + 1)] == [text_of[d] for d in ours.ids[i]]
+             for i, row in enumerate(theirs)]
+    assert sum(agree) >= len(pairs) - 1, f"{len(pairs) - sum(agree)} rows differ"  # a float tie may swap one pair
