@@ -8,8 +8,27 @@ evaluation (the README lists measured times). A GPU, used automatically, shorten
 """
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
+
+POOLINGS = ("mean", "cls")  # the same as course_lib.models.POOLINGS (a test keeps them equal)
+HNSW_M_RANGE = (2, 100)  # the same as course_lib.index.M_RANGE
+INF = math.inf
+# int fields: (lowest, highest) allowed
+_INT_RANGES = {
+    "seed": (0, INF), "num_threads": (1, INF), "vocab_size": (1, INF), "max_query_len": (1, INF),
+    "max_doc_len": (1, INF), "hidden_size": (1, INF), "num_layers": (1, INF), "num_heads": (1, INF),
+    "intermediate_size": (1, INF), "batch_size": (1, INF), "train_steps": (1, INF), "simbert_pairs": (1, INF),
+    "pretrain_steps": (1, INF), "hnsw_m": HNSW_M_RANGE, "hnsw_ef_construction": (1, INF), "hnsw_ef_search": (1, INF),
+}
+# number fields: (lowest, highest, the range as the message writes it); the bounds marked ( ) are excluded
+_FLOAT_RANGES = {
+    "dropout": (0.0, 1.0, "[0, 1)"), "encoder_mask_ratio": (0.0, 1.0, "[0, 1)"),
+    "decoder_mask_ratio": (0.0, 1.0, "[0, 1)"),
+    **{name: (0.0, INF, "(0, inf)") for name in ("lr", "temperature", "simbert_lr", "pretrain_lr", "finetune_lr")},
+    **{name: (0.0, INF, "(0, inf]") for name in ("train_seconds", "pretrain_seconds")},
+}
 
 
 @dataclass(frozen=True)
@@ -56,12 +75,48 @@ class Config:
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 128
 
+    def __post_init__(self) -> None:
+        """Check every field's type and range (so ``get_config`` overrides and ``replace`` are checked too): ints
+        are ints (not bools) in their range, numbers finite and in theirs, ``pooling`` one of ``POOLINGS``,
+        ``n_lemmas`` None or >= 1, and ``hidden_size`` divisible by ``num_heads``."""
+        if not isinstance(self.preset, str) or not self.preset:
+            raise ValueError(f"Config.preset must be a non-empty str, got {self.preset!r}")
+        fix = {f.name: f"; the default is {f.default!r}" for f in dataclasses.fields(self)}
+        for name, (low, high) in _INT_RANGES.items():
+            _check_int(name, getattr(self, name), low, high, fix[name])
+        if self.n_lemmas is not None:
+            _check_int("n_lemmas", self.n_lemmas, 1, INF, "; use None for every synset")
+        for name, (low, high, shown) in _FLOAT_RANGES.items():
+            _check_number(name, getattr(self, name), low, high, shown, fix[name])
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"Config.pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"Config: hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}; "
+                             "each attention head gets hidden_size / num_heads dimensions, so pick a divisor")
+
     def replace(self, **changes) -> "Config":
         """A copy with some fields changed (the dataclass is frozen); unknown names raise."""
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ValueError(f"unknown config field(s) {sorted(unknown)}; see course_lib.config.Config")
         return dataclasses.replace(self, **changes)
+
+
+def _check_int(name: str, value, low, high, fix: str) -> None:
+    shown = f">= {low}" if high == INF else f"in [{low}, {high}]"
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"Config.{name} must be an int {shown}, got {value!r} ({type(value).__name__}){fix}")
+
+
+def _check_number(name: str, value, low: float, high: float, shown: str, fix: str) -> None:
+    """A number (int or float, not a bool) in the range ``shown``: "[" includes a bound, "(" excludes it."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    if ok:
+        above = value >= low if shown[0] == "[" else value > low
+        below = value <= high if shown[-1] == "]" else value < high
+        ok = above and below
+    if not ok:
+        raise ValueError(f"Config.{name} must be a number in {shown}, got {value!r} ({type(value).__name__}){fix}")
 
 
 PRESETS = {

@@ -11,7 +11,7 @@ lemmas are natural hard negatives. Splits are made per synset with a fixed seed,
 synset is never a positive in training.
 
 **Your own data**: a folder with ``corpus.jsonl``, ``queries.jsonl``, ``qrels.tsv`` and optionally
-``qrels_dev.tsv`` and ``train.jsonl`` (layout in ``data/README.md``).
+``qrels_dev.tsv`` and ``train.jsonl`` (layout in ``data/README.md``), read by ``course_lib.folder``.
 
 Generated data goes to the git-ignored cache; ``data/manifest_wordnet_<preset>.json`` records its counts and
 sha256 so that a test catches a build that changed.
@@ -23,7 +23,6 @@ import json
 import os
 import random
 import warnings
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,101 +219,16 @@ def manifest_path(preset: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Your own data: a BEIR-like folder
-
-def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            for key in required:
-                if key not in row:
-                    raise ValueError(f"{path}:{lineno}: missing field {key!r} (required: {list(required)})")
-            for key in ("id", "text", "query"):
-                if key in row and not isinstance(row[key], str):
-                    raise ValueError(f"{path}:{lineno}: field {key!r} must be a string, got {row[key]!r}")
-            rows.append((lineno, row))
-    return rows
+# Your own data: the loader lives in course_lib.folder (it imports this module's types); re-exported here
 
 
-def _read_unique(path: Path) -> dict[str, str]:
-    out = {}
-    for lineno, row in _read_jsonl(path, ("id", "text")):
-        if row["id"] in out:
-            raise ValueError(f"{path}:{lineno}: duplicate id {row['id']!r}")
-        out[row["id"]] = row["text"]
-    return out
+def __getattr__(name: str):
+    """Keep ``from course_lib.data import load_folder`` working; imported lazily to avoid an import cycle."""
+    if name == "load_folder":
+        from course_lib.folder import load_folder
 
-
-def _read_qrels(path: Path, queries: dict, corpus: dict) -> dict[str, set[str]]:
-    qrels: dict[str, set[str]] = defaultdict(set)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            cols = line.rstrip("\n").split("\t")
-            if not line.strip() or (lineno == 1 and cols[0] in {"query-id", "query_id", "qid"}):
-                continue
-            if len(cols) != 3:
-                raise ValueError(f"{path}:{lineno}: expected 3 tab-separated columns (query-id, doc-id, score)")
-            qid, did, score = cols
-            try:
-                score = float(score)
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: score {score!r} is not a number") from None
-            if qid not in queries:
-                raise ValueError(f"{path}:{lineno}: query id {qid!r} is not in queries.jsonl")
-            if did not in corpus:
-                raise ValueError(f"{path}:{lineno}: doc id {did!r} is not in corpus.jsonl")
-            if score > 0:
-                qrels[qid].add(did)
-    return dict(qrels)
-
-
-def load_folder(path: str | os.PathLike) -> RetrievalData:
-    """Load your own data from a folder (layout in ``data/README.md``).
-
-    ``qrels.tsv`` judges the test split and the optional ``qrels_dev.tsv`` the dev split; only queries with a
-    relevant document are evaluated. ``train.jsonl`` rows name corpus ids: ``{"query": text, "positive":
-    doc_id, "negatives": [doc_id, …]}``. A malformed file raises ``ValueError`` naming file, line and problem.
-    """
-    folder = Path(path)
-    need = ["corpus.jsonl", "queries.jsonl", "qrels.tsv"]
-    missing = [n for n in need if not (folder / n).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{folder} lacks {missing}. A data folder needs corpus.jsonl, queries.jsonl and qrels.tsv, and may "
-            "have qrels_dev.tsv and train.jsonl (see data/README.md)"
-        )
-    corpus = _read_unique(folder / "corpus.jsonl")
-    if not corpus:
-        raise ValueError(f"{folder / 'corpus.jsonl'}: the corpus is empty; add one {{'id','text'}} per line")
-    all_queries = _read_unique(folder / "queries.jsonl")
-    queries, qrels = {s: {} for s in SPLITS}, {s: {} for s in SPLITS}
-    for split, name in (("test", "qrels.tsv"), ("dev", "qrels_dev.tsv")):
-        if (folder / name).is_file():
-            qrels[split] = _read_qrels(folder / name, all_queries, corpus)
-            queries[split] = {q: all_queries[q] for q in qrels[split]}
-    train = []
-    if (folder / "train.jsonl").is_file():
-        p = folder / "train.jsonl"
-        for lineno, row in _read_jsonl(p, ("query", "positive")):
-            negatives = row.get("negatives", [])
-            if not isinstance(negatives, list):
-                raise ValueError(f"{p}:{lineno}: 'negatives' must be a list of doc ids")
-            for did in [row["positive"], *negatives]:
-                if did not in corpus:
-                    raise ValueError(f"{p}:{lineno}: doc id {did!r} is not in corpus.jsonl")
-            qid = f"train-{lineno}"
-            queries["train"][qid] = row["query"]
-            qrels["train"][qid] = {row["positive"]}
-            train.append(TrainExample(row["query"], row["positive"], tuple(negatives)))
-    return RetrievalData(folder.name, "custom", corpus, dict(corpus), queries, qrels, train)
+        return load_folder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -330,11 +244,19 @@ def load_dataset(name_or_path: str | os.PathLike = "wordnet", preset: str | None
     """
     from course_lib.config import get_config
 
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(
+            f"load_dataset expects a dataset name ({', '.join(map(repr, DATASETS))}) or a folder path (a str or "
+            f"pathlib.Path), got {type(name_or_path).__name__} {name_or_path!r}; e.g. load_dataset('wordnet') or "
+            "load_dataset('path/to/folder')"
+        )
     cfg = get_config(preset)
     if name_or_path == "wordnet":
         return _load_cached_wordnet(cfg.n_lemmas, SPLIT_SEED, cfg.preset)
     path = Path(name_or_path)
     if path.is_dir():
+        from course_lib.folder import load_folder
+
         return load_folder(path)
     raise ValueError(
         f"unknown dataset {str(name_or_path)!r}: use one of {list(DATASETS)} or the path of a folder with "

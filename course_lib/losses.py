@@ -29,8 +29,34 @@ def _check_number(name: str, value, *, positive: bool = False) -> None:
         raise ValueError(f"{name} must be > 0, got {value!r}; a temperature of 0.05 is scale 20 (τ = 1/scale)")
 
 
-def _check_embeddings(q, d, negatives) -> None:
-    named = [("q", q), ("d", d)] + ([("negatives", negatives)] if negatives is not None else [])
+def _check_finite(named: list[tuple[str, torch.Tensor]]) -> None:
+    """Every tensor is free of NaN and inf (one device sync for all of them)."""
+    finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in named])  # (n,)
+    if not finite.all():
+        name = named[int((~finite).nonzero()[0])][0]
+        raise ValueError(
+            f"{name} holds non-finite values (NaN or inf): the loss and every gradient would be NaN. Check what "
+            f"produced {name}; a NaN encoder output usually means training diverged (lower the learning rate, "
+            "clip gradients) or an input row is empty"
+        )
+
+
+def _check_logits(logits: torch.Tensor, temperature: float, similarity: str) -> None:
+    """|logits| stays within sqrt of the dtype's max, so the softmax and Adam's squared gradients stay finite."""
+    limit = math.sqrt(torch.finfo(logits.dtype).max)
+    peak = logits.detach().abs().amax()
+    if not peak <= limit:  # also catches NaN
+        hint = (" or the embeddings are too large for similarity='dot': normalise them or use similarity='cos'"
+                if similarity == "dot" else "")
+        raise ValueError(
+            f"logits reach {float(peak):.3g} (similarity / temperature), more than {logits.dtype} can carry through "
+            f"the softmax and its squared gradients (|logit| <= {limit:.3g}): temperature={temperature!r} is too "
+            f"small{hint}; typical temperatures are 0.01 to 0.1"
+        )
+
+
+def _check_embeddings(q, d, negatives, negatives_name: str = "negatives") -> None:
+    named = [("q", q), ("d", d)] + ([(negatives_name, negatives)] if negatives is not None else [])
     for name, t in named:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor of embeddings, got {type(t).__name__}")
@@ -51,8 +77,12 @@ def _check_embeddings(q, d, negatives) -> None:
     B, D = q.shape
     if B < 1:
         raise ValueError("the batch is empty (B = 0): the in-batch loss needs at least one (query, positive) pair")
-    if negatives is None:
-        return
+    if negatives is not None:
+        _check_negatives_shape(negatives, B, D)
+    _check_finite(named)
+
+
+def _check_negatives_shape(negatives: torch.Tensor, B: int, D: int) -> None:
     if negatives.dim() == 3:
         if negatives.shape[0] != B or negatives.shape[2] != D:
             raise ValueError(
@@ -96,8 +126,17 @@ def similarity_logits(
     scores 0), ``"dot"`` takes raw inner products (DPR, Karpukhin et al., 2020, §3.1). The additive margin m
     (PaddleNLP's in-batch-negatives model) is subtracted from each row's positive, column i of row i, before the
     temperature τ scales everything (scale = 1/τ, SimCSE, Gao et al., 2021, §2, eq. 1). Row i's target is i.
+
+    Checks: embeddings are floating-point tensors of one dtype, (B, D) with B ≥ 1, negatives (B, K, D) or (M, D),
+    all finite; ``temperature`` finite and > 0, ``margin`` finite; the logits stay within sqrt of the dtype's
+    max (a tiny temperature, or huge ``"dot"`` embeddings, would overflow the softmax).
     """
-    _check_embeddings(q, d, negatives)
+    return _logits(q, d, negatives, "negatives", temperature=temperature, margin=margin, similarity=similarity)
+
+
+def _logits(q, d, negatives, negatives_name: str, *, temperature, margin, similarity) -> torch.Tensor:
+    """``similarity_logits`` with the extra columns named ``negatives_name`` in errors (cbns: "memory")."""
+    _check_embeddings(q, d, negatives, negatives_name)
     _check_number("temperature", temperature, positive=True)
     _check_number("margin", margin)
     if similarity not in SIMILARITIES:
@@ -109,7 +148,9 @@ def similarity_logits(
     scores = q @ candidates.T  # (B, C)
     if margin:
         scores = scores - margin * torch.eye(*scores.shape, dtype=scores.dtype, device=scores.device)  # (B, C)
-    return scores / temperature  # (B, C)
+    logits = scores / temperature  # (B, C)
+    _check_logits(logits, temperature, similarity)
+    return logits
 
 
 def duplicate_mask(doc_ids: Sequence[Hashable], batch_size: int, n_columns: int) -> torch.Tensor:
@@ -222,7 +263,8 @@ def cbns_loss(
     if memory is not None and memory.requires_grad:
         raise ValueError("memory must hold detached embeddings (requires_grad=False): gradients never flow into the "
                          "memory bank; store vectors with .detach()")
-    logits = similarity_logits(q, d, memory if M else None, temperature=temperature, similarity=similarity)  # (B, B+M)
+    logits = _logits(q, d, memory if M else None, "memory", temperature=temperature, margin=0.0,
+                     similarity=similarity)  # (B, B+M)
     B = q.shape[0]
     if (logq is None) != (memory_logq is None) and M:
         raise ValueError("give logq and memory_logq together (or neither): the correction must apply to every column")

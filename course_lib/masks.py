@@ -6,6 +6,8 @@ that transformers' BERT layers add to their attention scores (0 where visible, a
 where not); a 0/1 *multiplicative* mask is a common bug of PyTorch ports (bert4keras applies it as an additive bias).
 """
 
+from numbers import Integral
+
 import torch
 
 
@@ -23,10 +25,25 @@ def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def causal_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """The left-to-right (GPT) mask (B, L, L): row i sees non-pad columns j ≤ i."""
+    """The left-to-right (GPT) mask (B, L, L): row i sees non-pad columns j ≤ i. ``attention_mask`` must be 2-D."""
+    _check_2d("attention_mask", attention_mask)
     L = attention_mask.shape[1]
     lower = torch.ones(L, L, dtype=torch.bool, device=attention_mask.device).tril()  # (L, L)
     return padding_mask(attention_mask) & lower  # (B, L, L)
+
+
+def _check_segments_monotone(segment_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    """Per row, the non-pad segment ids must not go back from 1 to 0 (pads, any id, are skipped)."""
+    real = attention_mask.bool()  # (B, L)
+    seg = segment_ids.long().masked_fill(~real, 0)  # (B, L), pads never raise the running max
+    back = real & (seg < seg.cummax(dim=1).values)  # (B, L): a segment-A token after a segment-B token
+    if back.any():
+        b, j = (int(v) for v in back.nonzero()[0])
+        raise ValueError(
+            f"segment_ids row {b} goes from segment B (1) back to 0 at non-pad position {j}: the UniLM mask needs "
+            f"[CLS] A [SEP] (0s) then B [SEP] (1s), padding aside; got {segment_ids[b].tolist()}. Build the pair "
+            "with tokenizer(first, second, return_token_type_ids=True)"
+        )
 
 
 def unilm_mask(segment_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -36,6 +53,9 @@ def unilm_mask(segment_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch
     padding. Segment-0 tokens ([CLS] A [SEP]) see all of segment 0 and nothing of segment 1; segment-1 tokens
     (B [SEP]) see segment 0 plus themselves and earlier segment-1 tokens. The cumsum rule alone would let the
     final [SEP] see trailing pads (Dong et al., 2019, UniLM, §2.3), so padding is removed separately.
+
+    Checks: both 2-D of one shape; ``segment_ids`` only 0/1 and, over the non-pad positions of each row,
+    never back from 1 to 0 (pads may hold any id, as a tokenizer pads token_type_ids with 0).
     """
     _check_2d("segment_ids", segment_ids)
     _check_2d("attention_mask", attention_mask)
@@ -43,6 +63,7 @@ def unilm_mask(segment_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch
         raise ValueError(f"segment_ids {tuple(segment_ids.shape)} and attention_mask {tuple(attention_mask.shape)} differ in shape")
     if ((segment_ids != 0) & (segment_ids != 1)).any():
         raise ValueError("segment_ids must hold only 0 (segment A) and 1 (segment B)")
+    _check_segments_monotone(segment_ids, attention_mask)
     c = segment_ids.long().cumsum(dim=1)  # (B, L)
     seq2seq = c[:, None, :] <= c[:, :, None]  # (B, L, L): [b, i, j] = c_j <= c_i
     return seq2seq & padding_mask(attention_mask)  # (B, L, L)
@@ -88,6 +109,9 @@ def whole_word_mask(
     ``[MASK]``, 10 % a random regular token (ids ``first_regular_id`` … ``vocab_size`` − 1) and 10 % stay.
     Returns ``(masked input_ids (B, L), labels (B, L))``: labels hold the original id where a token was chosen
     and −100 (ignored by cross-entropy) elsewhere. The inputs are not modified.
+
+    Checks: both 2-D of one shape, ``mask_ratio`` in [0, 1), ``mask_token_id`` an int and ``first_regular_id``
+    in [0, vocab_size).
     """
     _check_2d("input_ids", input_ids)
     _check_2d("word_ids", word_ids)
@@ -96,6 +120,11 @@ def whole_word_mask(
     _check_ratio("mask_ratio", mask_ratio)
     if not 0 <= first_regular_id < vocab_size:
         raise ValueError(f"first_regular_id {first_regular_id} must lie in [0, vocab_size={vocab_size})")
+    if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, Integral) or not 0 <= mask_token_id < vocab_size:
+        raise ValueError(
+            f"mask_token_id {mask_token_id!r} must be an int in [0, vocab_size={vocab_size}): it is written into "
+            "input_ids; pass tokenizer.mask_token_id"
+        )
     chosen = torch.zeros(input_ids.shape, dtype=torch.bool)  # (B, L)
     words_cpu = word_ids.cpu()
     for b in range(input_ids.shape[0]):
@@ -137,8 +166,12 @@ def retromae_decoder_mask(
     drawn afresh for each row (the reference draws each row's mask from a pool of 256 shared masks). So each
     token is predicted from h plus a *different* random ~(1 − mask_ratio) of its context, never from itself.
     ``special_tokens_mask`` (B, L) defaults to column 0 and each row's last non-pad token ([CLS], final [SEP]).
+    Checks: ``attention_mask`` 2-D with length ≥ 1, ``special_tokens_mask`` of its shape, ``mask_ratio`` in [0, 1).
     """
     _check_2d("attention_mask", attention_mask)
+    if attention_mask.shape[1] == 0:
+        raise ValueError("attention_mask has length 0: the decoder mask needs at least column 0 (the sentence "
+                         "embedding h); tokenize with [CLS] ... [SEP]")
     _check_ratio("mask_ratio", mask_ratio)
     real = attention_mask.bool()  # (B, L)
     B, L = real.shape

@@ -12,6 +12,7 @@ and, for generated text, a word-overlap F1 (``token_f1``) and corpus BLEU (``cor
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -19,7 +20,27 @@ import torch
 KS = (1, 5, 10, 20, 50, 100)
 
 
+def _check_shapes(ranked: list[list[str]], relevant: list[set[str]]) -> None:
+    """Each ranking is a sequence of ids (not a str: a flat list of ids is one ranking, not one per query), and
+    each relevance entry a set of ids (a str would match substrings)."""
+    for i, r in enumerate(ranked):
+        if isinstance(r, (str, bytes)) or not isinstance(r, (Sequence, np.ndarray)):
+            raise TypeError(
+                f"ranked[{i}] is {type(r).__name__} {r!r:.60}, not a ranking: ranked must be a list of ranked-id lists, "
+                "one per query, e.g. [['d1', 'd7'], ['d3']]; wrap a single query's ranking in a list"
+            )
+    for i, rel in enumerate(relevant):
+        if not isinstance(rel, (set, frozenset)):
+            raise TypeError(
+                f"relevant[{i}] must be a set of ids, got {type(rel).__name__} {rel!r:.60}: relevant is a list of sets, "
+                "one per query, e.g. [{'d1'}, {'d3', 'd4'}]"
+            )
+
+
 def _check(ranked: list[list[str]], relevant: list[set[str]], k: int) -> None:
+    """Checks: as many rankings as relevance sets, at least one; each ranking a list of ids and each relevance
+    entry a non-empty set; k a positive int."""
+    _check_shapes(ranked, relevant)
     if len(ranked) != len(relevant):
         raise ValueError(f"got {len(ranked)} rankings but {len(relevant)} relevance sets; one of each per query")
     if not ranked:

@@ -8,6 +8,7 @@ et al., 2020, §3.1); with L2-normalised embeddings that is the cosine similarit
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -167,21 +168,38 @@ def encode_cached(model, tokenizer, texts: list[str], *, key: str, max_length: i
     """``encode`` with an on-disk cache for slow models (MiniLM encodes ~100 sentences/s on 2 CPU cores).
 
     The cache file is named by a digest of ``key`` (name the model's weights, e.g. their sha256), the texts
-    and ``max_length``; a file that fails to load is recomputed.
+    and ``max_length``. A file that fails to load, or whose content is not a finite float tensor of shape
+    ``(len(texts), model.dim)``, is recomputed and overwritten with a warning.
     """
     digest = hashlib.sha256(json.dumps([key, max_length, list(texts)]).encode("utf-8")).hexdigest()[:20]
     path = Path(cache_dir()) / "embeddings" / f"{digest}.pt"
     if path.exists():
         try:
             emb = torch.load(path, weights_only=True)
-            if emb.shape[0] == len(texts):
+        except Exception as e:  # truncated or corrupt
+            problem = f"does not load ({type(e).__name__}: {str(e)[:120]})"
+        else:
+            problem = _embedding_problem(emb, (len(texts), model.dim))
+            if problem is None:
                 return emb
-        except Exception:  # truncated or corrupt: recompute below
-            pass
+        warnings.warn(f"embedding cache {path} {problem}; recomputing it and overwriting the file")
     emb = encode(model, tokenizer, texts, max_length=max_length, batch_size=batch_size)
     with atomic_path(path) as tmp:
         torch.save(emb, tmp)
     return emb
+
+
+def _embedding_problem(emb, shape: tuple[int, int]) -> str | None:
+    """Why a cached object is not the embeddings ``encode`` returns (a finite float tensor of ``shape``), or None."""
+    if not isinstance(emb, torch.Tensor):
+        return f"holds a {type(emb).__name__}, not a tensor"
+    if not emb.is_floating_point():
+        return f"holds a tensor of {emb.dtype}, not of floats"
+    if tuple(emb.shape) != shape:
+        return f"holds shape {tuple(emb.shape)}, expected {shape} (one row per text, the model's width)"
+    if not torch.isfinite(emb).all():
+        return f"holds {int((~torch.isfinite(emb)).sum())} non-finite values (NaN or inf)"
+    return None
 
 
 def minilm_dir() -> Path:

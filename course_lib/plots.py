@@ -19,10 +19,33 @@ def _axes(ax, figsize=FIGSIZE):
     return ax.figure, ax
 
 
+def _check_positive(name: str, values, why: str) -> None:
+    """Every value of ``values`` must be a finite number > 0 (a log axis cannot place the others)."""
+    bad = [v for v in values if not (np.isfinite(v) and v > 0)]
+    if bad:
+        raise ValueError(f"{name} must all be > 0 and finite for {why}, got {bad[:5]}; drop those points or "
+                         "use a linear axis")
+
+
+def _check_recalls(results: dict[str, dict[str, float]]) -> None:
+    """Every ``recall@k`` entry has k ≥ 1 (the x axis is logarithmic) and a finite value in [0, 1]."""
+    for name, metrics in results.items():
+        for key, value in metrics.items():
+            if not key.startswith("recall@"):
+                continue
+            if int(key.split("@")[1]) < 1:
+                raise ValueError(f"{key} of {name!r}: k must be >= 1 on the log axis of k; drop that entry")
+            if not (np.isfinite(value) and 0 <= value <= 1):
+                raise ValueError(f"{key} of {name!r} is {value!r}; recall lies in [0, 1] (the axis is fixed "
+                                 "there, so the point would be hidden): pass the fraction, not a percentage")
+
+
 def plot_recall_at_k(results: dict[str, dict[str, float]], ks=None, ax=None, title: str = "Recall@k on the test split"):
-    """Recall@k against k (log axis), one line per method. ``results`` maps a method to its metrics dict."""
+    """Recall@k against k (log axis), one line per method. ``results`` maps a method to its metrics dict.
+    Checks: at least one method; every ``recall@k`` has k ≥ 1 and a finite value in [0, 1]."""
     if not results:
         raise ValueError("plot_recall_at_k needs at least one method's metrics")
+    _check_recalls(results)
     own_figure = ax is None
     fig, ax = _axes(ax)
     for i, (name, metrics) in enumerate(results.items()):
@@ -48,9 +71,11 @@ def plot_recall_at_k(results: dict[str, dict[str, float]], ks=None, ax=None, tit
 
 
 def plot_ann_tradeoff(efs, recalls, ms_per_1k, exact_ms_per_1k: float, ax=None):
-    """HNSW: recall@10 against exact search (left axis) and search time (right axis) as ``ef`` grows."""
+    """HNSW: recall@10 against exact search (left axis) and search time (right axis) as ``ef`` grows.
+    Checks: the three lists non-empty and of equal length; every ef > 0 (log axis)."""
     if not (len(efs) == len(recalls) == len(ms_per_1k)) or not len(efs):
         raise ValueError("efs, recalls and ms_per_1k must be non-empty and of equal length")
+    _check_positive("efs", efs, "the log axis of ef")
     fig, ax = _axes(ax)
     ax.plot(efs, recalls, marker="o", color=COLORS[0], label="HNSW recall@10 vs exact")
     ax.axhline(0.98, color=COLORS[0], ls=":", lw=1)
@@ -178,9 +203,12 @@ def plot_similarity_matrix(logits, n_positive_cols: int | None = None, softmax: 
 
 
 def plot_curve(xs, ys: dict[str, list[float]], xlabel: str, ylabel: str, title: str = "", logx: bool = False, ax=None):
-    """One line per named series over shared x values (e.g. recall@10 against batch size)."""
+    """One line per named series over shared x values (e.g. recall@10 against batch size).
+    Checks: every series as long as ``xs``; with ``logx``, every x > 0."""
     if not ys or any(len(v) != len(xs) for v in ys.values()):
         raise ValueError("ys must map names to lists as long as xs")
+    if logx:
+        _check_positive("xs", xs, "logx=True (a log axis)")
     fig, ax = _axes(ax)
     for i, (name, vals) in enumerate(ys.items()):
         ax.plot(xs, vals, marker="o", color=COLORS[i % len(COLORS)], label=name)

@@ -14,7 +14,9 @@ sentence is encoded alone (Su, 2020, the SimBERT release, ZhuiyiTechnology/simbe
 """
 
 import copy
+import math
 from dataclasses import dataclass
+from numbers import Real
 
 import torch
 import torch.nn.functional as F
@@ -147,7 +149,12 @@ def simbert_similarity_loss(cls: torch.Tensor, scale: float = 30.0) -> torch.Ten
 
     u = v/‖v‖; S = scale·(U Uᵀ − 10¹²·I) (own row removed *before* scaling, as the reference does); the target
     of row i is its partner i XOR 1; mean cross-entropy over rows (ZhuiyiTechnology/simbert, simbert.py).
+    Checks: ``cls`` is (2n, H) with 2n even and ≥ 2; ``scale`` is a finite real number > 0.
     """
+    if isinstance(scale, bool) or not isinstance(scale, Real):
+        raise TypeError(f"scale must be a real number (the reference uses 30), got {type(scale).__name__} {scale!r}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be finite and > 0 (the reference uses 30; scale = 1/temperature), got {scale!r}")
     if cls.dim() != 2:
         raise ValueError(f"cls must be (2n, H), got shape {tuple(cls.shape)}")
     n = cls.shape[0]

@@ -51,15 +51,93 @@ def save_checkpoint(path, model: torch.nn.Module, optimizer=None, step: int = 0,
 
 def load_checkpoint(path, model: torch.nn.Module, optimizer=None) -> dict:
     """Load a checkpoint with ``weights_only=True`` (no pickled code runs) into ``model`` (and
-    ``optimizer``); returns the whole state dict (``step``, ``history``)."""
+    ``optimizer``); returns the whole state dict (``step``, ``history``).
+
+    Checks before anything changes: the file exists, torch can read it, and it holds a checkpoint (a dict with a ``model`` state dict),
+    its tensor names and shapes are exactly ``model``'s, and its optimizer state has as many parameter groups,
+    of the same sizes, as ``optimizer``. A mismatch raises and leaves the model and optimizer untouched."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    state = torch.load(path, weights_only=True, map_location="cpu")
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except (RuntimeError, EOFError) as e:
+        raise ValueError(f"cannot read {path} as a checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                         "): it is truncated or not a torch file; use another checkpoint or train again") from e
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path} holds {keys}, not a checkpoint (a dict with a 'model' state dict, as "
+                         "save_checkpoint writes)")
+    _check_model_state(path, state["model"], model)
+    if optimizer is not None and "optimizer" in state:
+        _check_optimizer_state(path, state["optimizer"], optimizer)
     model.load_state_dict(state["model"])
     if optimizer is not None and "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
     return state
+
+
+def _check_model_state(path: Path, saved: dict, model: torch.nn.Module) -> None:
+    """The saved tensors must have exactly the model's names and shapes (a checkpoint of another architecture
+    would otherwise be copied in part before ``load_state_dict`` complains)."""
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    shapes = [f"{k}: {_shape(saved[k])} in the file, {_shape(own[k])} in the model"
+              for k in sorted(set(own) & set(saved)) if _shape(saved[k]) != _shape(own[k])]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"{path} was saved from another architecture: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"shape mismatches {shapes[:5]} ({len(missing)}, {len(unexpected)}, {len(shapes)} in all); build the "
+            "model with the configuration that trained this checkpoint. Nothing was loaded."
+        )
+
+
+def _shape(value) -> tuple | str:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _check_optimizer_state(path: Path, saved, optimizer) -> None:
+    """The saved optimizer must have the optimizer's number of parameter groups, each of the same size."""
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    got = [len(g.get("params", ())) for g in groups] if isinstance(groups, list) else None
+    want = [len(g["params"]) for g in optimizer.param_groups]
+    if got != want:
+        raise ValueError(f"{path} holds an optimizer with parameter groups of sizes {got}, but this optimizer's are "
+                         f"{want}; pass an optimizer built over the same model and parameters. Nothing was loaded.")
+
+
+def _check_checkpoint_path(checkpoint_path) -> None:
+    """Fail before training when a checkpoint could not be written there: the path must not be a directory and
+    its nearest existing ancestor must be a directory (``save_checkpoint`` creates missing parent folders)."""
+    path = Path(checkpoint_path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint_path {path} is a directory; give a file path such as {path / 'model.pt'}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"checkpoint_path {path} cannot be created: {parent} is a file, not a directory")
+
+
+def _check_loss(loss, step: int) -> None:
+    """``step_fn`` must return a scalar tensor that requires grad (checked before any optimizer step)."""
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"step_fn returned {type(loss).__name__} at step {step}; it must return the loss as a "
+                        "scalar torch.Tensor computed from the model (not .item() or a float)")
+    if loss.dim() != 0:
+        raise ValueError(f"step_fn returned a tensor of shape {tuple(loss.shape)} at step {step}; reduce it to a "
+                         "scalar loss (e.g. .mean())")
+    if not loss.requires_grad:
+        raise ValueError(f"step_fn returned a loss that does not require grad at step {step}; compute it from the "
+                         "model's outputs, outside torch.no_grad()")
+
+
+def _check_budget(name: str, value, kind: type) -> None:
+    """``value`` is None, or a positive ``kind`` (int, or a number for float); bools are refused."""
+    ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool) and value > 0
+    if value is not None and not ok:
+        allowed = "positive (a number > 0)" if kind is float else "a positive int"
+        raise ValueError(f"{name} must be {allowed} or None, got {value!r}")
 
 
 def train(
@@ -84,22 +162,25 @@ def train(
     ``eval_fn(model) -> dict`` runs every ``eval_every`` steps and once at the end; each record is
     ``{"step", "train_seconds" (so far), **eval_fn(model)}``, for curves against steps or seconds. A non-finite loss stops the
     run with ``FloatingPointError`` naming the step (a diverged run should not look like a finished one).
+
+    Checks before the first step: a budget is given; ``max_steps``, ``eval_every`` and ``checkpoint_every`` are
+    positive ints, ``time_budget_s`` and ``grad_clip`` positive numbers (or None; bools refused);
+    ``eval_every`` needs ``eval_fn`` and ``checkpoint_every`` needs ``checkpoint_path``, which must be writable
+    as a file. Each step checks that ``step_fn`` returned a scalar tensor that requires grad before the
+    optimizer steps; each evaluation that ``eval_fn`` returned a dict without the keys "step"/"train_seconds".
     """
-    if max_steps is None and time_budget_s is None:
-        raise ValueError("give max_steps or time_budget_s (or both): the loop needs a budget to stop")
-    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
-        raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
-    if time_budget_s is not None and not time_budget_s > 0:
-        raise ValueError(f"time_budget_s must be positive, got {time_budget_s!r}")
-    if eval_every is not None and eval_fn is None:
-        raise ValueError("eval_every is set but there is no eval_fn to run")
+    _check_train_args(max_steps, time_budget_s, grad_clip, eval_fn, eval_every, checkpoint_path, checkpoint_every)
     history = History()
     was_training = model.training
     bar = tqdm(total=max_steps, desc=desc, disable=not progress, leave=False)
 
     def run_eval() -> None:
         t0 = time.perf_counter()
-        history.evals.append({"step": history.steps, "train_seconds": round(history.train_seconds, 3), **eval_fn(model)})
+        metrics = eval_fn(model)
+        if not isinstance(metrics, dict) or {"step", "train_seconds"} & set(metrics):
+            raise TypeError(f"eval_fn must return a dict of metrics without the keys 'step' and 'train_seconds', "
+                            f"got {metrics!r}; return e.g. {{'ndcg@10': value}}")
+        history.evals.append({"step": history.steps, "train_seconds": round(history.train_seconds, 3), **metrics})
         history.eval_seconds += time.perf_counter() - t0
 
     try:
@@ -107,6 +188,7 @@ def train(
             t0 = time.perf_counter()
             model.train()
             loss = step_fn(model, batch)
+            _check_loss(loss, history.steps + 1)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {history.steps + 1}; lower lr or check the inputs")
             optimizer.zero_grad(set_to_none=True)
@@ -141,8 +223,27 @@ def train(
     return history
 
 
+def _check_train_args(max_steps, time_budget_s, grad_clip, eval_fn, eval_every, checkpoint_path,
+                      checkpoint_every) -> None:
+    """The argument checks of ``train`` (see its docstring), all before the first step."""
+    if max_steps is None and time_budget_s is None:
+        raise ValueError("give max_steps or time_budget_s (or both): the loop needs a budget to stop")
+    for name, value, kind in (("max_steps", max_steps, int), ("time_budget_s", time_budget_s, float),
+                              ("grad_clip", grad_clip, float), ("eval_every", eval_every, int),
+                              ("checkpoint_every", checkpoint_every, int)):
+        _check_budget(name, value, kind)
+    if eval_every is not None and eval_fn is None:
+        raise ValueError("eval_every is set but there is no eval_fn to run")
+    if checkpoint_every is not None and not checkpoint_path:
+        raise ValueError("checkpoint_every is set but there is no checkpoint_path to write to")
+    if checkpoint_path:
+        _check_checkpoint_path(checkpoint_path)
+
+
 def loss_fell(losses: list[float], window: int = 10) -> bool:
-    """True when the mean of the last ``window`` losses is below the mean of the first ``window``."""
+    """True when the mean of the last ``window`` losses is below the mean of the first ``window`` (an int >= 1)."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be a positive int, got {window!r}")
     if len(losses) < 2 * window:
         raise ValueError(f"need at least {2 * window} losses to compare windows of {window}, got {len(losses)}")
     first, last = losses[:window], losses[-window:]

@@ -89,12 +89,20 @@ def package_dir(module: str, pip_spec: str, what: str):
 def cache_dir() -> "os.PathLike[str]":
     """The git-ignored folder that holds every generated file (data, tokenizers, embeddings).
 
-    ``COURSE_CACHE`` overrides it; by default it is ``.cache/`` at the repository root, resolved from this
-    file and not from the current directory, so notebooks (cwd ``notebooks/``) and tests share one cache.
+    ``COURSE_CACHE`` overrides it (an empty value counts as unset); by default it is ``.cache/`` at the
+    repository root, resolved from this file and not from the current directory, so notebooks (cwd
+    ``notebooks/``) and tests share one cache. It is created if missing; ``COURSE_CACHE`` naming an existing
+    file raises ``NotADirectoryError`` (and leaves the file alone).
     """
     from pathlib import Path
 
     root = os.environ.get("COURSE_CACHE")
     path = Path(root) if root else Path(__file__).resolve().parent.parent / ".cache"
+    if path.exists() and not path.is_dir():
+        where = f"COURSE_CACHE={root!r}" if root else f"the default cache {str(path)!r}"
+        raise NotADirectoryError(
+            f"{where} is a file, not a folder, and the cache holds many files (data, tokenizers, embeddings); "
+            "point COURSE_CACHE at a folder (it is created if missing), or move the file away"
+        )
     path.mkdir(parents=True, exist_ok=True)
     return path

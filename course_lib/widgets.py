@@ -3,6 +3,9 @@ cell, where nbmake sees it), then wires the controls with ``interactive_output``
 that raises inside an Output widget is silently swallowed). Sliders re-slice precomputed results, or redo
 work that takes well under a second (decoding three sentences)."""
 
+import math
+from numbers import Real
+
 import ipywidgets as W
 import matplotlib.pyplot as plt
 import torch
@@ -83,11 +86,19 @@ def explore_queries(data, rankings: dict[str, tuple[list[list[str]], object]], s
     return box
 
 
+def _check_temperature(temperature) -> None:
+    """``temperature`` must be a finite real number > 0 (not a str: a slider or text box gives one)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, Real):
+        raise TypeError(f"temperature must be a real number, got {type(temperature).__name__} {temperature!r}; "
+                        "pass e.g. temperature=0.05, or float(text) for a typed value")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be finite and > 0, got {temperature!r}; the course uses 0.05")
+
+
 def _temperature_view(q, d, negatives, temperature: float, title_prefix: str = ""):
     from course_lib.losses import in_batch_softmax_loss, similarity_logits
 
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _check_temperature(temperature)
     logits = similarity_logits(q, d, negatives, temperature=temperature)  # (B, C)
     loss = in_batch_softmax_loss(q, d, negatives, temperature=temperature).item()
     p_pos = torch.softmax(logits, dim=1).diagonal().mean().item()
@@ -99,7 +110,9 @@ def _temperature_view(q, d, negatives, temperature: float, title_prefix: str = "
 
 def explore_temperature(q, d, negatives=None, temperature: float = 0.05, title_prefix: str = ""):
     """A temperature slider (log scale, clamped to [0.005, 2]) over a fixed batch of embeddings: redraws the
-    logits and their row softmax and prints the in-batch loss. Sharper τ puts all the mass on the top column."""
+    logits and their row softmax and prints the in-batch loss. Sharper τ puts all the mass on the top column.
+    A ``temperature`` that is not a finite number > 0 raises; a valid one outside the slider's range is clamped."""
+    _check_temperature(temperature)
     temperature = float(min(max(temperature, 0.005), 2.0))
     fig, _ = _temperature_view(q, d, negatives, temperature, title_prefix)  # once directly
     display(fig)
@@ -123,7 +136,11 @@ def _mask_row_view(masks: dict, tokens: list[str], row: int) -> str:
 
 
 def explore_mask_rows(masks: dict, tokens: list[str], row: int = 0):
-    """Pick a query position; see, in every mask, which tokens it may attend to (its row, outlined)."""
+    """Pick a query position; see, in every mask, which tokens it may attend to (its row, outlined).
+    ``tokens`` must be non-empty; ``row`` is clamped to [0, len(tokens) − 1]."""
+    if not tokens:
+        raise ValueError("tokens is empty: explore_mask_rows needs one token per mask row and column, e.g. "
+                         "tokenizer.convert_ids_to_tokens(input_ids[0])")
     row = max(0, min(row, len(tokens) - 1))
     print(_mask_row_view(masks, tokens, row))  # once directly
     slider = W.IntSlider(value=row, min=0, max=len(tokens) - 1, description="row", continuous_update=False)

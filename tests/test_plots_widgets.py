@@ -40,7 +40,8 @@ def test_every_plot_function_is_covered():
     names = {n for n in dir(plots) if n.startswith("plot_")}
     assert names == {"plot_recall_at_k", "plot_ann_tradeoff", "plot_ranked_scores", "plot_length_histogram",
                      "plot_loss_curve", "plot_similarity_matrix", "plot_curve", "plot_align_uniform",
-                     "plot_attention_masks", "plot_drift", "plot_frequency_tracking"}, (
+                     "plot_attention_masks", "plot_drift", "plot_frequency_tracking", "plot_score_histograms",
+                     "plot_series"}, (
         "a new plot_* function needs a test here"
     )
 
@@ -154,6 +155,17 @@ def test_plot_curve():
     assert isinstance(fig, Figure) and has_data(fig)
     assert len(fig.axes[0].lines) == 2
     assert list(fig.axes[0].lines[1].get_ydata()) == [0.35, 0.45, 0.55]
+
+
+def test_plot_score_histograms():
+    fig = plots.plot_score_histograms({"positive": [0.8, 0.9, 0.7], "hardest negative": [0.5, 0.6, 0.65]})
+    assert isinstance(fig, Figure) and has_data(fig)
+    assert len(fig.axes[0].patches) == 2 * 40  # one bar per bin and list
+
+
+def test_plot_series():
+    fig = plots.plot_series({"a": ([0, 1, 2], [0.1, 0.2, 0.3]), "b": ([0, 5], [0.2, 0.4])}, "seconds", "recall")
+    assert isinstance(fig, Figure) and [len(line.get_xdata()) for line in fig.axes[0].lines] == [3, 2]
 
 
 def test_plot_align_uniform():
