@@ -142,6 +142,16 @@ def to_markdown(results: dict) -> str:
             lines.append(f"- {name}: B = {m['batch_size']}, {memory}, {m['negatives_per_query']} negatives per query, "
                          f"{documents}, logQ {m['logq'] or 'off'}, sampler {sampler}, lr {m.get('lr', '?')}; "
                          f"{m['ms_per_step']:.0f} ms and {m['saved_activation_mb']:.1f} MB per step")
+    mined_rows = [(n, m) for n, m in results["methods"].items() if "strategy" in m]
+    if mined_rows:
+        lines += ["", "Hard-negative strategies (notebook 05, `course_lib.hardneg`; mining time is part of "
+                  "train_seconds; the events are seed 0's):", ""]
+        for name, m in mined_rows:
+            events = ", ".join(f"{e['event']} at step {e['step']} ({e['seconds']:.0f} s"
+                               + (f", {e['replaced']:,} negatives replaced)" if e["event"] == "check" else ")")
+                               for e in m["mining_events"]) or "no mining"
+            lines.append(f"- {name}: {m['strategy']}, {m['train_pairs']:,} pairs, pool {m['mining_pool']:,} documents, "
+                         f"{m['warmup_steps']} in-batch warm-up steps; {m['mining_seconds']:.0f} s mining: {events}")
     return "\n".join(lines) + "\n"
 
 

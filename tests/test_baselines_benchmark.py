@@ -206,3 +206,14 @@ def test_ordering_claims_only_gaps_above_the_spread():
     assert "recall@10" in fast["in_batch"]
     with pytest.raises(FileNotFoundError, match="course_lib.benchmark"):
         stored_results("nonexistent-preset")
+
+
+def test_report_lists_hard_negative_strategies_with_their_mining():
+    from course_lib.benchmark import RESULTS_DIR, to_markdown
+
+    results = json.loads((RESULTS_DIR / "fast" / "results.json").read_text())
+    text = to_markdown(results)
+    assert "Hard-negative strategies" in text
+    for name in ("no_mining", "static_hardneg", "ance_refresh", "dynamic_hardneg"):
+        assert f"- {name}: " in text
+    assert "negatives replaced" in text and "reindex at step 200" in text
