@@ -10,7 +10,13 @@ import torch
 
 from course_lib.false_negatives import EmbeddingJudge, filter_report
 from course_lib.hardneg import HardNegSettings, mining_pairs
-from course_lib.mining import AnceRefresher, DynamicHardNegativeMiner, MinedNegatives, conan_window, should_replace
+from course_lib.mining import (
+    AnceRefresher,
+    DynamicHardNegativeMiner,
+    MinedNegatives,
+    conan_window,
+    should_replace,
+)
 from course_lib.plots import plot_score_histograms, plot_series
 from course_lib.widgets import explore_mining
 from course_lib.wordnet import parse_pointers, wordnet_dir
