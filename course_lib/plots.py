@@ -61,9 +61,10 @@ def plot_recall_at_k(results: dict[str, dict[str, float]], ks=None, ax=None, tit
     ax.set_ylim(0, 1)
     ax.set_title(title)
     if len(results) > 5:  # a long legend would hide the curves: put it beside the axes
+        ncol = 1 if len(results) <= 16 else 2  # past 16 entries one column runs off the figure
         if own_figure:
-            fig.set_figwidth(fig.get_figwidth() + 3.5)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
+            fig.set_figwidth(fig.get_figwidth() + 3.5 * ncol)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, ncol=ncol)
     else:
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
