@@ -22,9 +22,9 @@
 # false; a widget over the rank window and margin; none vs static vs ANCE vs Conan's rule at the same step
 # budget and the same wall-clock; the benchmark's results over three seeds and at full scale.
 #
-# **Run time:** FAST preset about 70 s on 2 CPU cores; the full preset (117,659 documents and 36,274 training
-# pairs, which every mining event encodes) an estimated 25–30 minutes from the benchmark's stage times (about 60 s
-# per mining event, 40 s per evaluation, eighteen evaluations; MiniLM encodes the judged documents once).
+# **Run time:** FAST preset about 55 s on 2 CPU cores; the full preset (117,659 documents and 36,274 training
+# pairs, which every mining event encodes) an estimated 20 minutes from the benchmark's stage times (about 60 s
+# per mining event, seven events; 40 s per evaluation, seven evaluations; MiniLM encodes the judged documents once).
 #
 # **Settings.** Mining needs a corpus to search and a positive in it to exclude, so hard-negative training
 # here uses the training pairs whose positive lies in the corpus: in FAST the 2,736 pairs of the 4,976 sampled
@@ -65,8 +65,8 @@ WARMUP_STEPS = 100  # in-batch steps before any mining: all four runs of section
 N_MINED = 8  # negatives stored per training pair (Conan's n: the width of each dynamic window)
 N_PER_STEP = 1  # of those, hard-negative columns per query in a batch
 STATIC_RANGE = (10, 210)  # ranks [lo, hi) that static mining samples from (FlagEmbedding's default)
-CHECK_EVERY = None  # Conan's rule: steps between checks; None: 30 in FAST, 100 in full (the paper: 100)
-ANCE_EVERY = None  # ANCE: steps between full re-indexes; None: 30 in FAST, 100 in full (the paper: 10,000)
+CHECK_EVERY = None  # Conan's rule: steps between checks; None: 15 in FAST, 100 in full (the paper: 100)
+ANCE_EVERY = None  # ANCE: steps between full re-indexes; None: 15 in FAST, 100 in full (the paper: 10,000)
 RELATIVE_MARGIN = 0.05  # NV-Retriever's TopK-PercPos 95 %: keep s ≤ s⁺ − |s⁺|·0.05
 ABSOLUTE_MARGIN = 0.05  # TopK-MarginPos: keep s ≤ s⁺ − 0.05
 MAX_SCORE = 0.7  # TopK-Abs: keep s ≤ 0.7
@@ -77,11 +77,10 @@ LR = 5e-4  # AdamW's learning rate for every run here (at B = 16, 2e-3 made in-b
 cfg = get_config(PRESET).replace(lr=LR, batch_size=BATCH_SIZE)
 generator = seed_everything(cfg.seed, cfg.num_threads)
 FAST = cfg.preset == "fast"
-ARM_STEPS = 90 if FAST else 300  # section 5: steps after the warm-up, per strategy
-CHECK_EVERY = CHECK_EVERY or (30 if FAST else 100)
-ANCE_EVERY = ANCE_EVERY or (30 if FAST else 100)
-EVAL_EVERY = 45 if FAST else 100
-N_STUDY = 300  # training queries in the histograms and the filter study
+ARM_STEPS = 30 if FAST else 300  # section 5: steps after the warm-up, per strategy
+CHECK_EVERY = CHECK_EVERY or (15 if FAST else 100)
+ANCE_EVERY = ANCE_EVERY or (15 if FAST else 100)
+N_STUDY = 200  # training queries in the histograms and the filter study
 data = load_dataset("wordnet", cfg.preset)
 tokenizer = load_tokenizer(data, cfg.vocab_size)
 examples, pool = mining_pairs(data)
@@ -317,7 +316,7 @@ mining_explorer = explore_mining(items, lo=10, n=N_MINED, margin=RELATIVE_MARGIN
 # mines).
 
 # %%
-def arm(strategy: str, steps: int):
+def arm(strategy: str, steps: int, eval_every: int):
     """Continue from the warm-up: a copy of its model and of its AdamW state, then ``steps`` steps."""
     settings = HardNegSettings(strategy=strategy, warmup_steps=0, n_mined=N_MINED, n_per_step=N_PER_STEP,
                                static_range=STATIC_RANGE, ance_every=ANCE_EVERY, check_every=CHECK_EVERY)
@@ -326,12 +325,13 @@ def arm(strategy: str, steps: int):
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     optimizer.load_state_dict(copy.deepcopy(warm_optimizer.state_dict()))  # a copy: loading shares the tensors
     return train_hardneg(cfg, data, tokenizer, settings, model=model, optimizer=optimizer, steps=steps,
-                         eval_fn=test_metrics, eval_every=EVAL_EVERY, progress=False)
+                         eval_fn=test_metrics, eval_every=eval_every, progress=False)
 
 
-# "none" runs three times as many steps: its steps are cheaper, and the wall-clock comparison needs it to reach
-# the others' seconds
-runs = {name: arm(name, ARM_STEPS * (3 if name == "none" else 1)) for name in ("none", "static", "ance", "dynamic")}
+# "none" runs three times as many steps (evaluated every ARM_STEPS): its steps are cheaper and it never mines,
+# and the wall-clock comparison needs it to reach the others' seconds
+runs = {"none": arm("none", 3 * ARM_STEPS, ARM_STEPS)}
+runs |= {name: arm(name, ARM_STEPS, ARM_STEPS) for name in ("static", "ance", "dynamic")}
 
 
 def curve(h, x: str):
@@ -371,7 +371,8 @@ for name in ("static", "ance", "dynamic"):
 
 # %% [markdown]
 # Each mined step encodes B extra documents, and mining encodes the whole pool, so at equal seconds the mined runs
-# have taken fewer steps. How many negatives did Conan's rule replace, and when?
+# have taken fewer steps. How many negatives did Conan's rule replace, and when? Here (one check in FAST, two in
+# the full preset), and in the benchmark's full-preset run (six checks, read from `results/full/results.json`):
 
 # %%
 dyn = runs["dynamic"][2]
@@ -385,6 +386,12 @@ print("pairs by the window their negatives now come from:", {i: int(c) for i, c 
 print(f"mean rank of the negatives now stored: {np.mean([r for row in dyn.miner.ranks for r in row]):.1f} "
       f"(first window: ranks 10–{10 + N_MINED - 1})")
 assert sum(r["replaced"] for r in checks) == sum(len(h) for h in dyn.miner.history)
+full_dynamic = stored_results("full")["dynamic_hardneg"]  # the benchmark's 800-step run, checks every 100 steps
+n_stored = full_dynamic["train_pairs"] * HardNegSettings().n_mined
+print(f"\nfull preset (benchmark, commit {full_dynamic['commit']}): {n_stored:,} stored negatives")
+for r in full_dynamic["mining_events"]:
+    print(f"step {r['step']:>4}: {r['event']:>5}, {r['replaced']:>7,} {'replaced' if r['event'] == 'check' else 'pairs mined'}"
+          f" in {r['seconds']:.0f} s")
 
 # %% [markdown]
 # The negatives stopped being hard fast: training against them pushes their scores down (by more than the
