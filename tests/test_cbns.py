@@ -1,4 +1,4 @@
-"""The CBNS loss and training (METHODS.md §4(c) 1–4): memory of size 0 is the in-batch loss, uniform q is a no-op,
+"""The CBNS loss and training (Wang et al., 2021, arXiv:2110.15154, §3): memory of size 0 is the in-batch loss, uniform q is a no-op,
 accidental hits masked equal deleted, gradients in float64, the current batch scored once, agreement with
 pytorch-metric-learning's CrossBatchMemory where the two designs coincide, and a short training run."""
 

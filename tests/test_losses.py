@@ -1,4 +1,4 @@
-"""The in-batch softmax loss (METHODS.md §1(c)): the MNRL identity, peer equivalence with sentence-transformers,
+"""The in-batch softmax loss (DPR, Karpukhin et al., 2020, §3.2): the MNRL identity, peer equivalence with sentence-transformers,
 the symmetric term, the margin, duplicate masking, gradient checks, finiteness, properties and validation."""
 
 import math

@@ -1,4 +1,4 @@
-"""Attention masks: the UniLM seq2seq mask (METHODS.md §2(c) 1), causal and padding masks, and the additive
+"""Attention masks: the UniLM seq2seq mask (Dong et al., 2019, §2.3), causal and padding masks, and the additive
 bias that transformers' BERT layers take."""
 
 import pytest
@@ -24,7 +24,7 @@ def test_cumsum_rule_alone_lets_the_last_sep_see_pads_and_the_mask_does_not():
     att = torch.tensor([[1, 1, 1, 1, 1, 0, 0]])
     c = seg.cumsum(1)
     raw = c[:, None, :] <= c[:, :, None]
-    assert raw[0, 4, 5] and raw[0, 4, 6]  # the trap METHODS.md §2(c) 1 warns about
+    assert raw[0, 4, 5] and raw[0, 4, 6]  # the trap: the cumsum rule alone lets the last [SEP] attend to padding
     mask = unilm_mask(seg, att)[0]
     assert not mask[:, 5:].any()
     assert rows(mask[:5]) == ["1110000"] * 3 + ["1111000", "1111100"]

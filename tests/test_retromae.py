@@ -1,5 +1,5 @@
-"""RetroMAE: whole-word masking, the decoder mask (METHODS.md §3(c) 1), batch labels (§3(c) 2), the enhanced
-decoder against BERT's own layer, the leak probe (§3(c) 3), the bottleneck (§3(c) 4) and short pretraining
+"""RetroMAE: whole-word masking, the decoder mask (Xiao et al., 2022, arXiv:2205.12035, §3.2), batch labels, the
+enhanced decoder against BERT's own layer, the leak probe, the bottleneck and short pretraining
 runs."""
 
 import math
@@ -73,7 +73,7 @@ def test_whole_word_mask_takes_whole_words_never_specials():
         for w in words[b][words[b] >= 0].unique():
             picked = chosen[b][words[b] == w]
             assert picked.all() or not picked.any()  # a word is masked whole or not at all
-    # 80 % [MASK], 10 % a random regular token, 10 % unchanged (METHODS.md §3(a); BERT §3.1)
+    # 80 % [MASK], 10 % a random regular token, 10 % unchanged (BERT, Devlin et al., 2019, §3.1)
     n = int(chosen.sum())
     is_mask = (masked == MASK) & chosen
     changed = (masked != ids) & chosen & ~is_mask
@@ -114,7 +114,7 @@ def test_shape_mismatches_are_rejected():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the decoder mask (METHODS.md §3(c) 1)
+# the decoder mask (RetroMAE §3.2: each row sees sampled context positions, never its own)
 
 
 @settings(max_examples=60, deadline=None)
@@ -154,7 +154,7 @@ def test_decoder_mask_default_specials_and_visible_fraction():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# batches (METHODS.md §3(c) 2)
+# batches
 
 
 def test_pretrain_batch_labels(setup):
@@ -259,7 +259,7 @@ def _decoder_loss_after_training(leak: bool, steps: int = 250) -> float:
 
 
 def test_leak_probe():
-    """METHODS.md §3(c) 3: with the diagonal visible, the decoder copies x_i and its loss heads to zero; with
+    """Leak probe: with the diagonal visible, the decoder copies x_i and its loss heads to zero; with
     the right mask, random tokens cannot be reconstructed from 50 % of *other* random tokens."""
     chance = math.log(V - FIRST)  # 3.56 nats: uniform over the regular tokens
     leaky = _decoder_loss_after_training(leak=True)
@@ -269,7 +269,7 @@ def test_leak_probe():
 
 
 def test_bottleneck_gradient():
-    """METHODS.md §3(c) 4: with h detached, the decoder loss gives the encoder's transformer layers exactly zero
+    """Bottleneck: with h detached, the decoder loss gives the encoder's transformer layers exactly zero
     gradient (the shared embedding table still gets some); with h attached they do get gradient."""
     g = torch.Generator().manual_seed(0)
     ids, att, _, special = toy_batch([10, 14], g)

@@ -1,5 +1,5 @@
-"""SimBERT: pairs and rows, the similarity loss, seq2seq targets, the [CLS]-invariance check (METHODS.md
-§2(c) 2–4), generation (batched = one by one, sampling filters) and a short training run."""
+"""SimBERT: pairs and rows, the similarity loss, seq2seq targets, the [CLS]-invariance check (Su,
+2020, SimBERT; UniLM: Dong et al., 2019, §2.3), generation (batched = one by one, sampling filters) and a short training run."""
 
 import math
 
@@ -84,7 +84,7 @@ def test_lm_head_is_tied_to_the_word_embeddings(model):
 
 
 def test_cls_invariance(setup, model):
-    """METHODS.md §2(c) 2: under the UniLM mask, the [CLS] output of [CLS] A [SEP] B [SEP] equals that of
+    """Under the UniLM mask (Dong et al., 2019, §2.3), the [CLS] output of [CLS] A [SEP] B [SEP] equals that of
     [CLS] A [SEP] alone (eval mode), at every A and B."""
     _, tok = setup
     rows = pair_rows(tok, PAIRS, 80)
@@ -143,7 +143,7 @@ def test_similarity_loss_gradient_float64():
 
 
 def test_seq2seq_targets(setup):
-    """METHODS.md §2(c) 4: one loss term per non-pad segment-1 token; the first B token is predicted from the
+    """Seq2seq targets: one loss term per non-pad segment-1 token; the first B token is predicted from the
     position of A's [SEP]."""
     _, tok = setup
     rows = pair_rows(tok, PAIRS, 80)
