@@ -24,6 +24,7 @@ class History:
     """What a run did: per-step losses, evaluations ``{"step", ...metrics}``, seconds and why it stopped."""
 
     losses: list[float] = field(default_factory=list)
+    lr_factors: list[float] = field(default_factory=list)  # per step: the schedule's multiplier of the base lr
     evals: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
@@ -35,6 +36,34 @@ class History:
 
     def as_dict(self) -> dict:
         return asdict(self) | {"steps": self.steps}
+
+
+SCHEDULES = ("constant", "linear")
+
+
+def lr_factor(step: int, warmup_steps: int = 0, total_steps: int | None = None, decay: str = "constant") -> float:
+    """The multiplier of the base learning rate at 0-based ``step``: a linear warm-up from 0 over ``warmup_steps``
+    (``step / warmup_steps``), then 1 (``decay="constant"``) or a linear decay to 0 at ``total_steps``
+    (``decay="linear"``). This is transformers' ``get_linear_schedule_with_warmup`` (the schedule of BERT,
+    RetroMAE's and SimBERT's reference training), so step 0 of a warm-up runs at lr 0."""
+    if decay not in SCHEDULES:
+        raise ValueError(f"decay must be one of {SCHEDULES}, got {decay!r}")
+    if step < warmup_steps:
+        return step / warmup_steps
+    if decay == "constant":
+        return 1.0
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def _check_schedule(warmup_steps, decay, max_steps) -> None:
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
+    if decay not in SCHEDULES:
+        raise ValueError(f"decay must be one of {SCHEDULES}, got {decay!r}")
+    if decay == "linear" and max_steps is None:
+        raise ValueError("decay='linear' decays to 0 at max_steps: give max_steps (a time budget alone has no end step)")
+    if max_steps is not None and warmup_steps > max_steps:
+        raise ValueError(f"warmup_steps={warmup_steps} exceeds max_steps={max_steps}; the warm-up would never end")
 
 
 def save_checkpoint(path, model: torch.nn.Module, optimizer=None, step: int = 0, history: History | None = None) -> None:
@@ -155,6 +184,8 @@ def train(
     checkpoint_every: int | None = None,
     progress: bool = True,
     desc: str = "train",
+    warmup_steps: int = 0,
+    decay: str = "constant",
 ) -> History:
     """Run ``step_fn`` over ``batches`` until ``max_steps``, ``time_budget_s`` (training time, evaluation
     excluded) or the end of ``batches``, whichever comes first.
@@ -168,8 +199,14 @@ def train(
     ``eval_every`` needs ``eval_fn`` and ``checkpoint_every`` needs ``checkpoint_path``, which must be writable
     as a file. Each step checks that ``step_fn`` returned a scalar tensor that requires grad before the
     optimizer steps; each evaluation that ``eval_fn`` returned a dict without the keys "step"/"train_seconds".
+
+    Learning-rate schedule: each step runs at the optimizer's lr × ``lr_factor(step, warmup_steps, max_steps,
+    decay)`` (default: constant, no warm-up); the factors are recorded in ``history.lr_factors`` and the
+    optimizer's own lr is restored when the loop ends.
     """
     _check_train_args(max_steps, time_budget_s, grad_clip, eval_fn, eval_every, checkpoint_path, checkpoint_every)
+    _check_schedule(warmup_steps, decay, max_steps)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
     history = History()
     was_training = model.training
     bar = tqdm(total=max_steps, desc=desc, disable=not progress, leave=False)
@@ -195,8 +232,12 @@ def train(
             loss.backward()
             if grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            factor = lr_factor(history.steps, warmup_steps, max_steps, decay)
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base * factor
             optimizer.step()
             history.losses.append(loss.item())
+            history.lr_factors.append(factor)
             history.train_seconds += time.perf_counter() - t0
             bar.update(1)
             bar.set_postfix(loss=f"{history.losses[-1]:.3f}")
@@ -216,6 +257,8 @@ def train(
     finally:
         bar.close()
         model.train(was_training)
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base  # the schedule is this run's; a continued run starts from the same base lr
     if eval_fn is not None and (not history.evals or history.evals[-1]["step"] != history.steps):
         run_eval()
     if checkpoint_path:

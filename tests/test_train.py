@@ -360,3 +360,52 @@ def test_seed_everything_threads():
 def test_seed_everything_rejects_bad_seeds(seed):
     with pytest.raises(ValueError, match="seed must be a non-negative int"):
         seed_everything(seed)
+
+
+def test_lr_factor_matches_transformers_linear_schedule_with_warmup():
+    from transformers import get_linear_schedule_with_warmup
+
+    from course_lib.train import lr_factor
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=1.0)
+    sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=5, num_training_steps=20)
+    for step in range(25):
+        assert lr_factor(step, 5, 20, "linear") == pytest.approx(opt.param_groups[0]["lr"]), step
+        opt.step()
+        sched.step()
+    assert [lr_factor(s, 3) for s in range(5)] == pytest.approx([0, 1 / 3, 2 / 3, 1, 1])  # warm-up, then constant
+    assert lr_factor(7) == 1.0
+
+
+def test_train_applies_the_schedule_and_restores_the_base_lr():
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+
+    def step_fn(m, batch):
+        seen.append(opt.param_groups[0]["lr"])
+        return m(batch).pow(2).mean()
+
+    batches = (torch.ones(4, 2) for _ in range(100))
+    history = train(model, step_fn, batches, optimizer=opt, max_steps=10, warmup_steps=2, decay="linear",
+                    progress=False)
+    assert history.lr_factors == pytest.approx([0, 0.5] + [(10 - s) / 8 for s in range(2, 10)])
+    assert opt.param_groups[0]["lr"] == 0.1  # restored
+    assert len(seen) == 10
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"warmup_steps": -1}, "warmup_steps must be an int >= 0"),
+    ({"warmup_steps": True}, "warmup_steps must be an int >= 0"),
+    ({"decay": "cosine"}, "decay must be one of"),
+    ({"decay": "linear", "max_steps": None, "time_budget_s": 5.0}, "give max_steps"),
+    ({"warmup_steps": 20}, "exceeds max_steps"),
+])
+def test_schedule_arguments_are_checked_before_training(kwargs, message):
+    model = torch.nn.Linear(2, 1)
+    before = [p.detach().clone() for p in model.parameters()]
+    args = {"optimizer": torch.optim.SGD(model.parameters(), lr=0.1), "max_steps": 10, "progress": False} | kwargs
+    with pytest.raises(ValueError, match=message):
+        train(model, lambda m, b: m(b).sum(), (torch.ones(1, 2) for _ in range(3)), **args)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
