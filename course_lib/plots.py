@@ -19,6 +19,16 @@ def _axes(ax, figsize=FIGSIZE):
     return ax.figure, ax
 
 
+def _labelled(fig, ax, xlabel: str, ylabel: str, title: str):
+    """Axis labels, title and a small legend: the finish of every line and histogram plot."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def _check_positive(name: str, values, why: str) -> None:
     """Every value of ``values`` must be a finite number > 0 (a log axis cannot place the others)."""
     bad = [v for v in values if not (np.isfinite(v) and v > 0)]
@@ -216,12 +226,7 @@ def plot_curve(xs, ys: dict[str, list[float]], xlabel: str, ylabel: str, title: 
     if logx:
         ax.set_xscale("log", base=2)
         ax.set_xticks(list(xs), [str(x) for x in xs])
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _labelled(fig, ax, xlabel, ylabel, title)
 
 
 def plot_align_uniform(points: dict[str, tuple[float, float]], ax=None):
@@ -334,12 +339,7 @@ def plot_score_histograms(scores: dict[str, list[float]], bins: int = 40, ax=Non
         color = COLORS[i % len(COLORS)]
         ax.hist(vals, bins=edges, density=True, alpha=0.45, color=color, label=f"{name} (median {np.median(vals):.2f})")
         ax.axvline(float(np.median(vals)), color=color, linestyle="--", linewidth=1)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("density")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _labelled(fig, ax, xlabel, "density", title)
 
 
 def plot_series(series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str = "", ax=None):
@@ -349,9 +349,4 @@ def plot_series(series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, 
     fig, ax = _axes(ax)
     for i, (name, (xs, ys)) in enumerate(series.items()):
         ax.plot(xs, ys, marker="o", markersize=3, color=COLORS[i % len(COLORS)], label=name)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _labelled(fig, ax, xlabel, ylabel, title)

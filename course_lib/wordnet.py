@@ -47,6 +47,17 @@ def split_gloss(gloss: str) -> tuple[str, list[str]]:
     return definition, examples
 
 
+def _data_lines(folder: Path):
+    """(path, part-of-speech letter, line number, line) of every synset line of ``data.{noun,verb,adj,adv}``,
+    the licence header (lines starting with two spaces) skipped."""
+    for pos, letter in _POS_FILES:
+        path = folder / f"data.{pos}"
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.startswith("  "):
+                    yield path, letter, lineno, line
+
+
 def parse_synsets(folder: Path) -> dict[str, dict]:
     """Parse ``data.{noun,verb,adj,adv}``: synset id → {"lemmas", "definition", "examples"}.
 
@@ -55,25 +66,21 @@ def parse_synsets(folder: Path) -> dict[str, dict]:
     e.g. ``n02084071``.
     """
     synsets = {}
-    for pos, letter in _POS_FILES:
-        with open(folder / f"data.{pos}", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.startswith("  "):  # licence header
-                    continue
-                try:
-                    head, gloss = line.rstrip("\n").split(" | ", 1)
-                    parts = head.split()
-                    n_words = int(parts[3], 16)
-                    words = parts[4 : 4 + 2 * n_words : 2]
-                except (ValueError, IndexError) as e:
-                    raise ValueError(f"{folder / ('data.' + pos)}:{lineno}: not a WordNet data line ({e})")
-                lemmas = []
-                for w in words:
-                    lemma = _ADJ_MARKER.sub("", w).replace("_", " ")
-                    if lemma not in lemmas:
-                        lemmas.append(lemma)
-                definition, examples = split_gloss(gloss)
-                synsets[letter + parts[0]] = {"lemmas": lemmas, "definition": definition, "examples": examples}
+    for path, letter, lineno, line in _data_lines(folder):
+        try:
+            head, gloss = line.rstrip("\n").split(" | ", 1)
+            parts = head.split()
+            n_words = int(parts[3], 16)
+            words = parts[4 : 4 + 2 * n_words : 2]
+        except (ValueError, IndexError) as e:
+            raise ValueError(f"{path}:{lineno}: not a WordNet data line ({e})")
+        lemmas = []
+        for w in words:
+            lemma = _ADJ_MARKER.sub("", w).replace("_", " ")
+            if lemma not in lemmas:
+                lemmas.append(lemma)
+        definition, examples = split_gloss(gloss)
+        synsets[letter + parts[0]] = {"lemmas": lemmas, "definition": definition, "examples": examples}
     return synsets
 
 
@@ -119,19 +126,15 @@ def parse_pointers(folder: Path, symbols=tuple(SENSE_GROUP_POINTERS)) -> dict[st
     if unknown:
         raise ValueError(f"unknown pointer symbols {sorted(unknown)}; choose from {SENSE_GROUP_POINTERS}")
     out: dict[str, dict[str, set[str]]] = {}
-    for pos, letter in _POS_FILES:
-        with open(folder / f"data.{pos}", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.startswith("  "):  # licence header
-                    continue
-                try:
-                    parts = line.split(" | ", 1)[0].split()
-                    at = 4 + 2 * int(parts[3], 16)
-                    n_ptr = int(parts[at])
-                    ptrs = [parts[at + 1 + 4 * k : at + 5 + 4 * k] for k in range(n_ptr)]
-                    found = [(sym, _POINTER_POS[p] + off) for sym, off, p, _ in ptrs if sym in wanted]
-                except (ValueError, IndexError, KeyError) as e:
-                    raise ValueError(f"{folder / ('data.' + pos)}:{lineno}: not a WordNet data line ({e})")
-                for sym, target in found:
-                    out.setdefault(letter + parts[0], {}).setdefault(sym, set()).add(target)
+    for path, letter, lineno, line in _data_lines(folder):
+        try:
+            parts = line.split(" | ", 1)[0].split()
+            at = 4 + 2 * int(parts[3], 16)
+            n_ptr = int(parts[at])
+            ptrs = [parts[at + 1 + 4 * k : at + 5 + 4 * k] for k in range(n_ptr)]
+            found = [(sym, _POINTER_POS[p] + off) for sym, off, p, _ in ptrs if sym in wanted]
+        except (ValueError, IndexError, KeyError) as e:
+            raise ValueError(f"{path}:{lineno}: not a WordNet data line ({e})")
+        for sym, target in found:
+            out.setdefault(letter + parts[0], {}).setdefault(sym, set()).add(target)
     return out
