@@ -43,7 +43,7 @@ from course_lib.utils import seed_everything
 from course_lib.widgets import explore_queries
 
 # %% tags=["parameters"]
-PRESET = None  # None: FAST if COURSE_FAST=1 or CI is set, else full; or "fast" / "full"
+PRESET = None  # None: FAST unless the environment sets COURSE_FAST=0; or "fast" / "full"
 STORY_LEMMA = "glare"  # the word whose senses tell the story in section 1
 EF_VALUES = (10, 16, 32, 64, 128)  # HNSW search breadths to try in section 5 (ef below k = 10 acts as 10)
 

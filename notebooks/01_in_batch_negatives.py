@@ -47,7 +47,7 @@ from course_lib.utils import seed_everything
 from course_lib.widgets import explore_temperature
 
 # %% tags=["parameters"]
-PRESET = None  # None: FAST if COURSE_FAST=1 or CI is set, else full; or "fast" / "full"
+PRESET = None  # None: FAST unless the environment sets COURSE_FAST=0; or "fast" / "full"
 SHOW_B = 8  # batch size of the small batch we draw
 TEMPERATURE = 0.05  # τ; sentence-transformers calls 1/τ the "scale" (20 here)
 

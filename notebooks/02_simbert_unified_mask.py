@@ -51,7 +51,7 @@ from course_lib.utils import seed_everything
 from course_lib.widgets import explore_generation, explore_mask_rows
 
 # %% tags=["parameters"]
-PRESET = None  # None: FAST if COURSE_FAST=1 or CI is set, else full; or "fast" / "full"
+PRESET = None  # None: FAST unless the environment sets COURSE_FAST=0; or "fast" / "full"
 SCALE = 30.0  # SimBERT's similarity scale (= 1/τ); its successor RoFormer-Sim uses 20
 SHOW_PAIRS = 4  # pairs in the small batch we draw (8 rows)
 GEN_TEMPERATURE = 1.0  # sampling temperature for the "sampled" outputs

@@ -43,7 +43,7 @@ from course_lib.utils import seed_everything
 from course_lib.widgets import explore_retromae_masking
 
 # %% tags=["parameters"]
-PRESET = None  # None: FAST if COURSE_FAST=1 or CI is set, else full; or "fast" / "full"
+PRESET = None  # None: FAST unless the environment sets COURSE_FAST=0; or "fast" / "full"
 ENCODER_RATIO = 0.3  # share of the encoder's input words masked (paper: 0.3 best of 0.15 / 0.3 / 0.9)
 DECODER_RATIO = 0.5  # share of the context each decoder row does NOT see (paper: 0.5 best of 0.15 / 0.5 / 0.9)
 

@@ -59,7 +59,7 @@ from course_lib.utils import seed_everything
 from course_lib.widgets import explore_memory_size
 
 # %% tags=["parameters"]
-PRESET = None  # None: FAST if COURSE_FAST=1 or CI is set, else full; or "fast" / "full"
+PRESET = None  # None: FAST unless the environment sets COURSE_FAST=0; or "fast" / "full"
 BATCH_SIZE = 8  # the small batch B
 MEMORY_SIZE = 24  # M stored document embeddings (three batches of 8); the large batch is B + M
 WARMUP_STEPS = 20  # plain in-batch steps before the memory is scored (it fills all along)

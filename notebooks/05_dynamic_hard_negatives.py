@@ -59,7 +59,7 @@ from course_lib.utils import seed_everything
 from course_lib.widgets import explore_mining
 
 # %% tags=["parameters"]
-PRESET = None  # None: FAST if COURSE_FAST=1 or CI is set, else full; or "fast" / "full"
+PRESET = None  # None: FAST unless the environment sets COURSE_FAST=0; or "fast" / "full"
 BATCH_SIZE = 16  # pairs per batch (the benchmark uses the preset's 64)
 WARMUP_STEPS = 100  # in-batch steps before any mining: all four runs of section 5 start from this model
 N_MINED = 8  # negatives stored per training pair (Conan's n: the width of each dynamic window)
