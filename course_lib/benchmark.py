@@ -30,6 +30,7 @@ from course_lib.config import get_config
 from course_lib.data import load_dataset
 from course_lib.index import ExactIndex, HNSWIndex, recall_vs_exact
 from course_lib.plots import plot_recall_at_k
+from course_lib.provenance import recorded_config
 from course_lib.recipes import GEN_FLOOR_WORDS, METHODS, MethodResult, run_untrained  # noqa: F401  (re-exported)
 from course_lib.tokenizer import load_tokenizer
 from course_lib.utils import seed_everything
@@ -236,7 +237,8 @@ def run(preset: str, out: Path, methods: list[str] | None = None, merge: bool = 
             if r.steps == 0:
                 break  # nothing trained: another seed gives the same numbers
         results["methods"][name] = summarize_seeds(runs, [cfg.seed + k for k in range(len(runs))]) | {
-            "wall_seconds": round(time.perf_counter() - t0, 1), "date": results["date"], "commit": results["commit"]}
+            "wall_seconds": round(time.perf_counter() - t0, 1), "date": results["date"], "commit": results["commit"],
+            "config": recorded_config(cfg)}
         r = runs[0]
         if r.embeddings is not None and (hnsw_source is None or hnsw_source[0] != HNSW_ENCODER):
             hnsw_source = (name, r.embeddings)
