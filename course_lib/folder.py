@@ -161,3 +161,54 @@ def load_folder(path: str | os.PathLike) -> RetrievalData:
         queries["train"][f"train-{lineno}"] = example.query
         qrels["train"][f"train-{lineno}"] = {example.positive}
     return RetrievalData(folder.name, "custom", corpus, dict(corpus), queries, qrels, [t for _, t in train])
+
+
+def write_folder(data: RetrievalData, path: str | os.PathLike, *, n_docs: int, n_train: int | None = None,
+                 seed: int = 0) -> Path:
+    """Write a small data set in the layout ``load_folder`` reads, cut from ``data``: ``n_docs`` corpus documents
+    (those relevant to the sampled test and dev queries first — at most a quarter and an eighth of ``n_docs`` —
+    so every kept query can be answered, then random positives of training pairs, then random others), those
+    test and dev queries, and up to ``n_train`` training pairs whose positive is kept (all of them when None). For notebook 07 and the tests: a user's folder in miniature.
+    Nothing is written unless every argument is valid; the folder must not exist yet."""
+    if isinstance(n_docs, bool) or not isinstance(n_docs, int) or not 1 <= n_docs <= len(data.corpus):
+        raise ValueError(f"n_docs must be an int in [1, {len(data.corpus)}] (the source corpus), got {n_docs!r}")
+    if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 0):
+        raise ValueError(f"n_train must be None or an int >= 0, got {n_train!r}")
+    folder = Path(path)
+    if folder.exists():
+        raise FileExistsError(f"{folder} exists; write_folder makes a new folder (remove it or choose another path)")
+    import random
+
+    rng = random.Random(seed)
+    kept: dict[str, None] = {}
+    chosen = {s: [] for s in ("test", "dev")}
+    for split, share in (("test", 4), ("dev", 8)):
+        qids = sorted(data.qrels.get(split, {}))
+        rng.shuffle(qids)
+        limit = len(kept) + n_docs // share
+        for q in qids:
+            rel = data.qrels[split][q]
+            if rel <= data.corpus.keys() and len(kept) + len(rel - kept.keys()) <= limit:
+                kept.update(dict.fromkeys(sorted(rel)))
+                chosen[split].append(q)
+    positives = sorted({e.positive for e in data.train if e.positive in data.corpus} - kept.keys())
+    others = sorted(set(data.corpus) - kept.keys() - set(positives))
+    rng.shuffle(positives)
+    rng.shuffle(others)
+    kept.update(dict.fromkeys((positives + others)[: n_docs - len(kept)]))
+    train = [e for e in data.train if e.positive in kept]
+    rng.shuffle(train)
+    train = train[: len(train) if n_train is None else n_train]
+    folder.mkdir(parents=True)
+
+    def jsonl(name, rows):
+        (folder / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+    jsonl("corpus.jsonl", [{"id": d, "text": data.corpus[d]} for d in kept])
+    jsonl("queries.jsonl", [{"id": q, "text": data.queries[s][q]} for s in chosen for q in chosen[s]])
+    for split, name in (("test", "qrels.tsv"), ("dev", "qrels_dev.tsv")):
+        rows = [f"{q}\t{d}\t1\n" for q in chosen[split] for d in sorted(data.qrels[split][q] & kept.keys())]
+        (folder / name).write_text("".join(rows), encoding="utf-8")
+    jsonl("train.jsonl", [{"query": e.query, "positive": e.positive,
+                           "negatives": [n for n in e.negatives if n in kept]} for e in train])
+    return folder

@@ -51,6 +51,7 @@ class HardNegSettings:
     offset: int = 10  # Conan's windows start at rank 10
     factor: float = 1.15
     abs_limit: float = 0.8
+    relative_margin: float | None = None  # NV-Retriever's TopK-PercPos at the first mining: keep s ≤ s⁺ − |s⁺|·m
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -60,6 +61,10 @@ class HardNegSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "warmup_steps" else 1):
                 raise ValueError(f"{name} must be a {'non-negative' if name == 'warmup_steps' else 'positive'} int, "
                                  f"got {value!r}")
+        if self.relative_margin is not None and not (isinstance(self.relative_margin, (int, float))
+                                                     and not isinstance(self.relative_margin, bool)
+                                                     and 0.0 <= self.relative_margin < 1.0):
+            raise ValueError(f"relative_margin must be None or a number in [0, 1), got {self.relative_margin!r}")
         if self.n_per_step > self.n_mined:
             raise ValueError(f"n_per_step={self.n_per_step} exceeds n_mined={self.n_mined}: a batch can only use "
                              "negatives that were mined")
@@ -73,7 +78,8 @@ class HardNegSettings:
     def describe(self) -> dict:
         keep = {"none": ("warmup_steps",), "static": ("static_range",), "ance": ("ance_every", "ance_range"),
                 "dynamic": ("check_every", "offset", "factor", "abs_limit")}[self.strategy]
-        base = ("strategy", "warmup_steps") + (("n_mined", "n_per_step") if self.strategy != "none" else ())
+        base = ("strategy", "warmup_steps") + (("n_mined", "n_per_step", "relative_margin")
+                                               if self.strategy != "none" else ())
         return {k: v for k, v in asdict(self).items() if k in base + keep}
 
 
@@ -121,9 +127,12 @@ class NegativeSource:
         t0 = time.perf_counter()
         event, changed = None, 0
         if step == s.warmup_steps and s.strategy in ("static", "dynamic"):
-            mined = mine_hard_negatives(self._queries(model), self.positives, self.pool_ids, self._docs(model),
+            queries, docs = self._queries(model), self._docs(model)
+            mined = mine_hard_negatives(queries, self.positives, self.pool_ids, docs,
                                         rank_range=s.first_range, num_negatives=s.n_mined, seed=self.seed,
+                                        relative_margin=s.relative_margin,
                                         query_texts=self.query_texts, doc_texts=self.doc_texts)
+            unfiltered = self._unfiltered_rows(mined, queries, docs)
             self.negatives, event, changed = mined.ids, "mine", len(mined.ids)
             if s.strategy == "dynamic":
                 self.miner = DynamicHardNegativeMiner(
@@ -142,7 +151,23 @@ class NegativeSource:
         if event is not None:
             seconds = time.perf_counter() - t0
             self.seconds += seconds
-            self.log.append({"step": step, "event": event, "seconds": round(seconds, 3), "replaced": changed})
+            self.log.append({"step": step, "event": event, "seconds": round(seconds, 3), "replaced": changed}
+                            | ({"unfiltered_rows": unfiltered} if event == "mine" and s.relative_margin else {}))
+
+    def _unfiltered_rows(self, mined, queries, docs) -> int:
+        """Rows that ``relative_margin`` left with fewer than ``n_mined`` negatives (an early encoder can score
+        every document within the margin of the positive) take the window's unfiltered candidates instead, so
+        that every batch can hold ``n_per_step`` of them; returns how many rows did (the mining log records it)."""
+        s = self.settings
+        short = [r for r, ids in enumerate(mined.ids) if len(ids) < s.n_mined]
+        if s.relative_margin is None or not short:
+            return 0
+        again = mine_hard_negatives(queries[short], [self.positives[r] for r in short], self.pool_ids, docs,
+                                    rank_range=s.first_range, num_negatives=s.n_mined, seed=self.seed,
+                                    query_texts=[self.query_texts[r] for r in short], doc_texts=self.doc_texts)
+        for j, r in enumerate(short):
+            mined.ids[r], mined.scores[r], mined.ranks[r] = again.ids[j], again.scores[j], again.ranks[j]
+        return len(short)
 
     def draw(self, rows: list[int], k: int, generator: torch.Generator) -> list[list[str]]:
         """``k`` of each example's stored negatives, uniformly without replacement."""

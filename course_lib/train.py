@@ -148,14 +148,21 @@ def _check_checkpoint_path(checkpoint_path) -> None:
         raise NotADirectoryError(f"checkpoint_path {path} cannot be created: {parent} is a file, not a directory")
 
 
-def _check_loss(loss, step: int) -> None:
-    """``step_fn`` must return a scalar tensor that requires grad (checked before any optimizer step)."""
+def _check_loss(loss, step: int, ran_backward: bool = False) -> None:
+    """``step_fn`` must return a scalar tensor that requires grad (checked before any optimizer step); with
+    ``ran_backward`` (the step ran its own backward pass), a scalar tensor that is detached."""
     if not isinstance(loss, torch.Tensor):
         raise TypeError(f"step_fn returned {type(loss).__name__} at step {step}; it must return the loss as a "
                         "scalar torch.Tensor computed from the model (not .item() or a float)")
     if loss.dim() != 0:
         raise ValueError(f"step_fn returned a tensor of shape {tuple(loss.shape)} at step {step}; reduce it to a "
                          "scalar loss (e.g. .mean())")
+    if ran_backward:
+        if loss.requires_grad:
+            raise ValueError(f"step_fn returned a loss that requires grad at step {step}, but step_runs_backward=True "
+                             "says the step already ran its backward pass; return loss.detach() after calling "
+                             "backward, or use step_runs_backward=False and let the loop call backward")
+        return
     if not loss.requires_grad:
         raise ValueError(f"step_fn returned a loss that does not require grad at step {step}; compute it from the "
                          "model's outputs, outside torch.no_grad()")
@@ -186,6 +193,9 @@ def train(
     desc: str = "train",
     warmup_steps: int = 0,
     decay: str = "constant",
+    step_runs_backward: bool = False,
+    schedule_offset: int = 0,
+    schedule_steps: int | None = None,
 ) -> History:
     """Run ``step_fn`` over ``batches`` until ``max_steps``, ``time_budget_s`` (training time, evaluation
     excluded) or the end of ``batches``, whichever comes first.
@@ -202,10 +212,21 @@ def train(
 
     Learning-rate schedule: each step runs at the optimizer's lr × ``lr_factor(step, warmup_steps, max_steps,
     decay)`` (default: constant, no warm-up); the factors are recorded in ``history.lr_factors`` and the
-    optimizer's own lr is restored when the loop ends.
+    optimizer's own lr is restored when the loop ends. A run split into segments (``course_lib.recipe`` resumes
+    from one) keeps one schedule: ``schedule_offset`` steps were done before this call and the schedule spans
+    ``schedule_steps`` in all (default ``max_steps``).
+
+    ``step_runs_backward=True`` is for a step that computes its own gradients, such as GradCache
+    (``course_lib.gradcache``): the loop clears the gradients *before* calling ``step_fn``, which leaves them in
+    ``.grad`` and returns the loss detached; the loop does not call backward.
     """
     _check_train_args(max_steps, time_budget_s, grad_clip, eval_fn, eval_every, checkpoint_path, checkpoint_every)
-    _check_schedule(warmup_steps, decay, max_steps)
+    total = schedule_steps if schedule_steps is not None else max_steps
+    _check_schedule(warmup_steps, decay, total)
+    if isinstance(schedule_offset, bool) or not isinstance(schedule_offset, int) or schedule_offset < 0:
+        raise ValueError(f"schedule_offset must be an int >= 0 (steps done before this call), got {schedule_offset!r}")
+    if not isinstance(step_runs_backward, bool):
+        raise TypeError(f"step_runs_backward must be True or False, got {step_runs_backward!r}")
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     history = History()
     was_training = model.training
@@ -224,15 +245,18 @@ def train(
         for batch in batches:
             t0 = time.perf_counter()
             model.train()
+            if step_runs_backward:
+                optimizer.zero_grad(set_to_none=True)  # the step fills .grad itself
             loss = step_fn(model, batch)
-            _check_loss(loss, history.steps + 1)
+            _check_loss(loss, history.steps + 1, step_runs_backward)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {history.steps + 1}; lower lr or check the inputs")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if not step_runs_backward:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             if grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            factor = lr_factor(history.steps, warmup_steps, max_steps, decay)
+            factor = lr_factor(schedule_offset + history.steps, warmup_steps, total, decay)
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * factor
             optimizer.step()

@@ -1,0 +1,427 @@
+"""The course's techniques in one training recipe, for your own data (notebook 07).
+
+    python -m course_lib.recipe --data wordnet --out runs/recipe --minutes 30
+    python -m course_lib.recipe --data idioms_zh --out runs/idioms --minutes 30
+    python -m course_lib.recipe --data path/to/folder --out runs/mine --minutes 10 --preset fast
+
+Stages, each with its share of the budget (``RecipeSettings``):
+
+1. ``pretrain``: masked-language-model pretraining on the corpus and the training queries (notebook 03; plain
+   MLM or RetroMAE, Xiao et al., 2022, arXiv:2205.12035), skipped with ``pretrain=None``.
+2. ``finetune``: in-batch softmax (notebook 01) at a larger batch, with a warm-up + linear-decay schedule,
+   hard negatives mined by the model itself after an in-batch warm-up and filtered as NV-Retriever's
+   TopK-PercPos does (Moreira et al., 2024, arXiv:2407.15831, §3: keep s ≤ 95 % of the positive's score), then
+   refreshed by Conan's dynamic rule (Li et al., 2024, arXiv:2408.15710, §2.2; notebook 05), and optionally a
+   memory bank of slow (momentum) document vectors as extra negatives (notebook 04).
+3. ``index``: the corpus embedded and put in an HNSW index (Malkov & Yashunin, 2018, arXiv:1603.09320).
+
+``--minutes`` is turned into step counts once, at the start, by timing a few steps of each stage on this
+machine (``plan.json``); from then on the run is counted in steps, so it is reproducible and resumable.
+Checkpoints are written atomically every ``segment_steps`` steps; run the same command again after an
+interrupt and it continues from the last one, to the same metrics as an uninterrupted run.
+
+Output in ``--out``: ``model/`` (a sentence-transformers folder: ``SentenceTransformer(out / "model")`` loads
+it, see ``course_lib.export``), ``index/`` (HNSW graph + ids), ``metrics.json`` (test and dev metrics, the
+plan, the seconds of every stage) and ``state/`` (checkpoints).
+"""
+
+import argparse
+import copy
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from course_lib.hardneg import HardNegSettings, NegativeSource, mining_pairs
+from course_lib.in_batch import _to, add_negatives
+from course_lib.losses import duplicate_mask, similarity_logits
+from course_lib.memory import MemoryBank
+from course_lib.models import encoder_from_bert, make_encoder, tokenize
+from course_lib.retromae import make_retromae, pretrain_batches, pretrain_texts, retromae_step
+from course_lib.samplers import NoDuplicateBatchSampler
+from course_lib.train import train
+from course_lib.utils import get_device, seed_everything
+
+PRETRAINING = (None, "mlm", "retromae")
+
+
+@dataclass(frozen=True)
+class RecipeSettings:
+    """The recipe's own knobs (the preset's ``Config`` holds the encoder's size and the data's scale)."""
+
+    pretrain: str | None = "mlm"
+    pretrain_share: float = 0.25  # of the training minutes; the rest fine-tunes (mining included)
+    batch_size: int = 128
+    lr: float = 5e-4
+    warmup_fraction: float = 0.05  # of the fine-tuning steps (linear warm-up, then linear decay to 0)
+    hard_negatives: HardNegSettings = field(default_factory=lambda: HardNegSettings(
+        strategy="dynamic", warmup_steps=0, n_mined=8, n_per_step=1, relative_margin=0.05))
+    hardneg_start: float = 0.3  # fraction of fine-tuning done in-batch only before the first mining
+    dynamic_checks: int = 3  # Conan's checks over the rest of the run (each re-scores every stored negative)
+    memory_size: int = 0  # momentum-encoded document vectors kept as extra negatives (0: no memory)
+    momentum: float = 0.99
+    segment_steps: int = 100  # checkpoint interval
+
+    def __post_init__(self):
+        if self.pretrain not in PRETRAINING:
+            raise ValueError(f"pretrain must be one of {PRETRAINING}, got {self.pretrain!r}")
+        for name, low, high in (("pretrain_share", 0.0, 0.9), ("warmup_fraction", 0.0, 0.5),
+                                ("hardneg_start", 0.0, 0.9), ("momentum", 0.0, 0.9999)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise ValueError(f"RecipeSettings.{name} must be a number in [{low}, {high}], got {value!r}")
+        for name, low in (("batch_size", 2), ("dynamic_checks", 0), ("memory_size", 0), ("segment_steps", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"RecipeSettings.{name} must be an int >= {low}, got {value!r}")
+        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not self.lr > 0:
+            raise ValueError(f"RecipeSettings.lr must be a positive number, got {self.lr!r}")
+
+
+class RecipeStep:
+    """The fine-tuning ``step_fn``: in-batch softmax over [positives, each query's hard negatives, the memory].
+    Every column holding a row's positive document (a duplicate, or a memory entry of it) is masked."""
+
+    def __init__(self, temperature: float, memory_size: int, momentum: float, dim: int, device):
+        self.temperature, self.momentum = temperature, momentum
+        self.memory = MemoryBank(memory_size, dim, device=device) if memory_size else None
+        self.key_encoder = None
+
+    @torch.no_grad()
+    def _key(self, model):
+        if self.key_encoder is None:
+            self.key_encoder = copy.deepcopy(model).requires_grad_(False)
+        else:
+            for key, live in zip(self.key_encoder.parameters(), model.parameters()):
+                key.mul_(self.momentum).add_(live.detach(), alpha=1.0 - self.momentum)
+        return self.key_encoder.train(model.training)
+
+    def __call__(self, model, batch) -> torch.Tensor:
+        device = next(model.parameters()).device
+        q = model(**_to(batch["q"], device))  # (B, D)
+        d = model(**_to(batch["d"], device))  # (B, D)
+        ids, negatives = list(batch["doc_ids"]), None
+        if "n" in batch:
+            n = model(**_to(batch["n"], device))  # (B·K, D)
+            negatives = n.view(-1, q.shape[0], n.shape[-1]).transpose(0, 1)  # (B, K, D)
+            ids += batch["neg_ids"]
+        logits = similarity_logits(q, d, negatives, temperature=self.temperature)  # (B, B + B·K)
+        if self.memory is not None and len(self.memory):
+            stored, stored_ids, _ = self.memory.tensors()  # (M, D), unit vectors
+            logits = torch.cat([logits, torch.nn.functional.normalize(q, dim=-1) @ stored.T / self.temperature], 1)
+            ids += list(stored_ids)
+        logits = logits.masked_fill(duplicate_mask(ids, q.shape[0], logits.shape[1]).to(device), float("-inf"))
+        if self.memory is not None:
+            self.memory.enqueue(self._key(model)(**_to(batch["d"], device)).detach(), batch["doc_ids"])
+        return torch.nn.functional.cross_entropy(logits, torch.arange(q.shape[0], device=device))
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def finetune_batches(source: NegativeSource, model, examples, batch_size: int, start: int, seed: int, cfg):
+    """The fine-tuning batches from step ``start`` on, identical to those of a run that started at 0: the
+    sampler is replayed (indices only) up to ``start``, and each step's negative draw has its own generator."""
+    data, tokenizer = source.data, source.tokenizer
+    sampler = iter(NoDuplicateBatchSampler(examples, batch_size, torch.Generator().manual_seed(seed)))
+    for _ in range(start):
+        next(sampler)
+    step = start
+    for idx in sampler:
+        source.before_step(step, model)
+        chosen = [examples[i] for i in idx]
+        batch = {"q": tokenize(tokenizer, [e.query for e in chosen], cfg.max_query_len),
+                 "d": tokenize(tokenizer, [data.documents[e.positive] for e in chosen], cfg.max_doc_len),
+                 "doc_ids": [e.positive for e in chosen]}
+        if source.negatives is not None:
+            draw = torch.Generator().manual_seed(seed * 1_000_003 + step)
+            add_negatives(batch, source.draw(idx, source.settings.n_per_step, draw), data, tokenizer, cfg)
+        yield batch
+        step += 1
+
+
+def _eval(model, tokenizer, data, cfg, split: str, index=None) -> dict:
+    """Retrieval metrics of ``model`` on ``split`` (exact search, or ``index`` when given)."""
+    from course_lib.index import ExactIndex
+    from course_lib.metrics import KS, embed_corpus, retrieval_metrics
+    from course_lib.models import encode
+
+    _, texts, relevant = data.split_items(split)
+    q = encode(model, tokenizer, texts, max_length=cfg.max_query_len)  # (Q, D)
+    if index is None:
+        ids, docs = embed_corpus(model, tokenizer, data, max_length=cfg.max_doc_len)  # (N, D)
+        index = ExactIndex(docs.shape[1])
+        index.add(ids, docs)
+    ranked, _ = index.search(q, max(KS))
+    return {k: round(v, 4) for k, v in retrieval_metrics(ranked, relevant, KS).items()}
+
+
+def _seconds_per_step(model, step_fn, batches, lr: float, n: int = 3) -> float:
+    """Best-of-``n`` seconds of one optimizer step of ``step_fn`` on a throwaway copy of ``model``."""
+    probe = copy.deepcopy(model)
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=lr)
+    best = float("inf")
+    for i, batch in zip(range(n + 1), batches):
+        t0 = time.perf_counter()
+        loss = step_fn(probe, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if i:  # the first step warms up the allocator
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def make_plan(settings: RecipeSettings, cfg, data, tokenizer, minutes: float, seed: int) -> dict:
+    """Step counts from the time budget: each stage's share of ``minutes``, divided by its measured seconds per
+    step; fine-tuning first sets aside the mining (each event embeds the corpus and the training queries once,
+    timed here on 1,024 texts)."""
+    from course_lib.models import encode
+
+    budget = minutes * 60.0
+    pretrain_s = budget * settings.pretrain_share if settings.pretrain else 0.0
+    plan = {"minutes": minutes, "pretrain_seconds": round(pretrain_s, 1), "pretrain_steps": 0}
+    if settings.pretrain:
+        model = make_retromae(cfg, tokenizer, decoder=settings.pretrain == "retromae")
+        batches = pretrain_batches(tokenizer, pretrain_texts(data), cfg.batch_size, cfg.max_doc_len,
+                                   generator=torch.Generator().manual_seed(seed))
+        per_step = _seconds_per_step(model, retromae_step(), batches, cfg.pretrain_lr)
+        plan |= {"pretrain_seconds_per_step": round(per_step, 4), "pretrain_steps": max(1, int(pretrain_s / per_step))}
+    model = make_encoder(cfg, tokenizer)
+    examples, pool = mining_pairs(data)
+    sample = [data.corpus[i] for i in pool[:1024]]
+    t0 = time.perf_counter()
+    encode(model, tokenizer, sample, max_length=cfg.max_doc_len)
+    per_text = (time.perf_counter() - t0) / len(sample)
+    events = 1 + (settings.dynamic_checks if settings.hard_negatives.strategy == "dynamic" else 0)
+    mining_s = events * per_text * (len(pool) + len(examples))
+    hn = settings.hard_negatives
+    source = NegativeSource(hn, examples, pool, data, tokenizer, cfg, seed)
+    source.negatives = [[pool[(r + j + 1) % len(pool)] for j in range(hn.n_mined)] for r in range(len(examples))]
+    step_fn = RecipeStep(cfg.temperature, settings.memory_size, settings.momentum, model.dim, get_device())
+    batches = _calibration_batches(source, model, examples, settings.batch_size, seed, cfg)
+    per_step = _seconds_per_step(model, step_fn, batches, settings.lr)
+    finetune_s = max(budget - pretrain_s - mining_s, per_step)
+    steps = max(settings.segment_steps, int(finetune_s / per_step))
+    start = int(steps * settings.hardneg_start)
+    check_every = max(1, (steps - start) // (settings.dynamic_checks + 1)) if settings.dynamic_checks else steps + 1
+    return plan | {"finetune_seconds_per_step": round(per_step, 4), "mining_seconds_estimate": round(mining_s, 1),
+                   "finetune_steps": steps, "hardneg_start_step": start, "check_every": check_every,
+                   "warmup_steps": int(steps * settings.warmup_fraction)}
+
+
+def _calibration_batches(source, model, examples, batch_size, seed, cfg):
+    """Batches with hard-negative columns (stand-in negatives set by ``make_plan``), for timing only."""
+    sampler = iter(NoDuplicateBatchSampler(examples, batch_size, torch.Generator().manual_seed(seed)))
+    data, tokenizer = source.data, source.tokenizer
+    for idx in sampler:
+        chosen = [examples[i] for i in idx]
+        batch = {"q": tokenize(tokenizer, [e.query for e in chosen], cfg.max_query_len),
+                 "d": tokenize(tokenizer, [data.documents[e.positive] for e in chosen], cfg.max_doc_len),
+                 "doc_ids": [e.positive for e in chosen]}
+        draw = torch.Generator().manual_seed(seed)
+        yield add_negatives(batch, source.draw(idx, source.settings.n_per_step, draw), data, tokenizer, cfg)
+
+
+def _segments(model, step_fn, batches, optimizer, *, done: int, total: int, warmup: int, segment: int, save, bar,
+              grad_clip: float = 1.0) -> float:
+    """Train from step ``done`` to ``total`` in segments of ``segment`` steps, one warm-up + linear-decay
+    schedule over the whole stage, calling ``save(step, seconds)`` after each; returns the training seconds."""
+    seconds = 0.0
+    while done < total:
+        history = train(model, step_fn, batches, optimizer=optimizer, max_steps=min(segment, total - done),
+                        grad_clip=grad_clip, warmup_steps=min(warmup, total), decay="linear", schedule_offset=done,
+                        schedule_steps=total, progress=False)
+        done += history.steps
+        seconds += history.train_seconds
+        bar.update(history.steps)
+        bar.set_postfix(loss=f"{history.losses[-1]:.3f}")
+        save(done, seconds)
+        if history.stopped == "data":
+            break
+    return seconds
+
+
+def _pretrain_stage(settings, cfg, data, tokenizer, plan, state: Path, seed: int, tqdm) -> tuple:
+    import itertools
+
+    model = make_retromae(cfg, tokenizer, decoder=settings.pretrain == "retromae").to(get_device())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, weight_decay=0.01)
+    path, done, seconds = state / "pretrain.pt", 0, 0.0
+    if path.exists():
+        saved = torch.load(path, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        done, seconds = saved["step"], saved["seconds"]
+    total = plan["pretrain_steps"]
+    batches = itertools.islice(pretrain_batches(tokenizer, pretrain_texts(data), cfg.batch_size, cfg.max_doc_len,
+                                                generator=torch.Generator().manual_seed(seed)), done, None)
+
+    def save(step, new_seconds):
+        _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                      "seconds": seconds + new_seconds}, path)
+
+    with tqdm(total=total, initial=done, desc=f"1/3 pretrain ({settings.pretrain})") as bar:
+        seconds += _segments(model, retromae_step(), batches, optimizer, done=done, total=total,
+                             warmup=int(total * settings.warmup_fraction), segment=settings.segment_steps,
+                             save=save, bar=bar)
+    return model.bert, seconds
+
+
+def _finetune_stage(settings, cfg, data, tokenizer, plan, state: Path, seed: int, bert, tqdm) -> tuple:
+    from dataclasses import replace
+
+    model = encoder_from_bert(cfg, tokenizer, bert, pooling="mean").to(get_device())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr)
+    hn = replace(settings.hard_negatives, warmup_steps=plan["hardneg_start_step"], check_every=plan["check_every"])
+    examples, pool = mining_pairs(data)
+    source = NegativeSource(hn, examples, pool, data, tokenizer, cfg, seed)
+    step_fn = RecipeStep(cfg.temperature, settings.memory_size, settings.momentum, model.dim, get_device())
+    path, done, seconds = state / "finetune.pt", 0, 0.0
+    kept = ("negatives", "miner", "refresher", "log", "seconds")
+    if path.exists():
+        saved = torch.load(path, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        done, seconds = saved["step"], saved["seconds"]
+        for name in kept:
+            setattr(source, name, saved["source"][name])
+        if source.miner is not None:
+            source.negatives = source.miner.negatives  # the miner edits these lists in place
+        step_fn.memory, step_fn.key_encoder = saved["memory"], saved["key_encoder"]
+    total = plan["finetune_steps"]
+    batches = finetune_batches(source, model, examples, settings.batch_size, done, seed, cfg)
+
+    def save(step, new_seconds):
+        _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                      "seconds": seconds + new_seconds, "source": {n: getattr(source, n) for n in kept},
+                      "memory": step_fn.memory, "key_encoder": step_fn.key_encoder}, path)
+
+    with tqdm(total=total, initial=done, desc="2/3 fine-tune (in-batch + hard negatives)") as bar:
+        seconds += _segments(model, step_fn, batches, optimizer, done=done, total=total, warmup=plan["warmup_steps"],
+                             segment=settings.segment_steps, save=save, bar=bar)
+    return model, seconds, source
+
+
+def run_recipe(data, tokenizer, cfg, out, *, minutes: float = 30.0, settings: RecipeSettings | None = None,
+               steps: dict | None = None, progress: bool = True) -> dict:
+    """Run (or resume) the recipe on ``data`` into ``out`` and return ``metrics.json``'s content.
+
+    ``steps`` (``{"pretrain_steps": n, "finetune_steps": m}``) skips the timing and fixes the step counts
+    (tests, and exact reruns); otherwise ``minutes`` is planned as the module doc says. A second call with the
+    same ``out`` resumes; ``out`` holding a run of other settings or data raises instead."""
+    from tqdm.auto import tqdm as _tqdm
+
+    from course_lib.export import save_sentence_transformer
+    from course_lib.index import HNSWIndex
+    from course_lib.metrics import embed_corpus
+
+    settings = settings or RecipeSettings()
+    out = Path(out)
+    state = out / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    seed = cfg.seed
+    seed_everything(seed, cfg.num_threads)
+
+    def tqdm(**kw):
+        return _tqdm(disable=not progress, **kw)
+
+    identity = {"data": data.name, "n_docs": len(data.corpus), "preset": cfg.preset, "seed": seed,
+                "settings": json.loads(json.dumps(asdict(settings)))}
+    plan_path = out / "plan.json"
+    if plan_path.exists():
+        recorded = json.loads(plan_path.read_text())
+        if recorded["identity"] != identity:
+            raise ValueError(f"{out} holds a recipe run of other data or settings ({recorded['identity']}); resume it "
+                             "with the same arguments, or choose another --out")
+        plan = recorded["plan"]
+    else:
+        if steps is not None:
+            hn_start = int(steps["finetune_steps"] * settings.hardneg_start)
+            checks = settings.dynamic_checks
+            plan = {"minutes": None, **steps, "hardneg_start_step": hn_start,
+                    "check_every": max(1, (steps["finetune_steps"] - hn_start) // (checks + 1)) if checks else
+                    steps["finetune_steps"] + 1, "warmup_steps": int(steps["finetune_steps"] * settings.warmup_fraction)}
+        else:
+            plan = make_plan(settings, cfg, data, tokenizer, minutes, seed)
+        if not settings.pretrain:
+            plan["pretrain_steps"] = 0
+        _write_json({"identity": identity, "plan": plan}, plan_path)
+    seconds = {}
+    bert = None
+    if settings.pretrain and plan["pretrain_steps"]:
+        bert, seconds["pretrain"] = _pretrain_stage(settings, cfg, data, tokenizer, plan, state, seed, tqdm)
+    model, seconds["finetune"], source = _finetune_stage(settings, cfg, data, tokenizer, plan, state, seed, bert, tqdm)
+    seconds["mining"] = round(source.seconds, 1)
+    with tqdm(total=3, desc="3/3 index and evaluate") as bar:
+        t0 = time.perf_counter()
+        ids, docs = embed_corpus(model, tokenizer, data, max_length=cfg.max_doc_len)  # (N, D)
+        index = HNSWIndex(docs.shape[1], M=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction,
+                          ef=cfg.hnsw_ef_search, seed=seed, num_threads=cfg.num_threads)
+        index.add(ids, docs)
+        (out / "index").mkdir(exist_ok=True)
+        index.save(out / "index" / "hnsw.bin")
+        seconds["index"] = round(time.perf_counter() - t0, 1)
+        bar.update(1)
+        metrics = {"test": _eval(model, tokenizer, data, cfg, "test"),
+                   "test_hnsw": _eval(model, tokenizer, data, cfg, "test", index=index)}
+        if data.queries.get("dev"):
+            metrics["dev"] = _eval(model, tokenizer, data, cfg, "dev")
+        bar.update(1)
+        save_sentence_transformer(model, tokenizer, out / "model", max_seq_length=cfg.max_doc_len)
+        bar.update(1)
+    result = {"identity": identity, "plan": plan, "metrics": metrics, "mining_events": source.log,
+              "seconds": {k: round(v, 1) for k, v in seconds.items()},
+              "train_seconds": round(sum(seconds.get(k, 0.0) for k in ("pretrain", "finetune", "mining")), 1)}
+    _write_json(result, out / "metrics.json")
+    return result
+
+
+def main(argv=None) -> None:
+    from course_lib.config import get_config
+    from course_lib.data import load_dataset
+    from course_lib.tokenizer import load_tokenizer
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="wordnet, idioms_zh, or a folder in data/README.md's layout")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--minutes", type=float, default=30.0, help="training minutes (pretraining + fine-tuning)")
+    parser.add_argument("--preset", choices=["fast", "full"], default="full")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pretrain", choices=["none", "mlm", "retromae"], default=RecipeSettings.pretrain)
+    parser.add_argument("--pretrain-steps", type=int, help="fix the step counts instead of planning --minutes")
+    parser.add_argument("--finetune-steps", type=int)
+    parser.add_argument("--segment-steps", type=int, default=RecipeSettings.segment_steps)
+    parser.add_argument("--memory-size", type=int, default=RecipeSettings.memory_size)
+    parser.add_argument("--batch-size", type=int, default=RecipeSettings.batch_size)
+    args = parser.parse_args(argv)
+    if (args.pretrain_steps is None) != (args.finetune_steps is None):
+        parser.error("give --pretrain-steps and --finetune-steps together (or neither, to plan --minutes)")
+    if args.minutes <= 0:
+        parser.error(f"--minutes must be positive, got {args.minutes}")
+    cfg = get_config(args.preset, seed=args.seed)
+    data = load_dataset(args.data, args.preset)
+    tokenizer = load_tokenizer(data, cfg.vocab_size)
+    settings = RecipeSettings(pretrain=None if args.pretrain == "none" else args.pretrain,
+                              segment_steps=args.segment_steps, memory_size=args.memory_size,
+                              batch_size=args.batch_size)
+    steps = None if args.pretrain_steps is None else {"pretrain_steps": args.pretrain_steps,
+                                                      "finetune_steps": args.finetune_steps}
+    result = run_recipe(data, tokenizer, cfg, args.out, minutes=args.minutes, settings=settings, steps=steps)
+    print(json.dumps({"test": result["metrics"]["test"], "seconds": result["seconds"]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
