@@ -31,13 +31,20 @@ from course_lib.data import load_dataset
 from course_lib.index import ExactIndex, HNSWIndex, recall_vs_exact
 from course_lib.plots import plot_recall_at_k
 from course_lib.provenance import recorded_config
-from course_lib.recipes import GEN_FLOOR_WORDS, METHODS, MethodResult, run_untrained  # noqa: F401  (re-exported)
+from course_lib.recipes import (  # noqa: F401  (re-exported)
+    GEN_FLOOR_WORDS,
+    METHODS,
+    MethodResult,
+    NotApplicable,
+    run_untrained,
+)
 from course_lib.tokenizer import load_tokenizer
 from course_lib.utils import seed_everything
 
 REPORTED = ("recall@1", "recall@5", "recall@10", "recall@20", "recall@50", "recall@100", "mrr@10", "ndcg@10")
 
 
+DATASET_TITLES = {"wordnet": "WordNet", "idioms_zh": "Chinese idioms"}
 HNSW_ENCODER = "in_batch"  # whose corpus embeddings the HNSW check uses when it runs
 
 
@@ -118,6 +125,7 @@ def to_markdown(results: dict) -> str:
             cells = [f"{cell} ± {m['spread'][c]:.3f}" if c in m["spread"] else cell for c, cell in zip(cols, cells)]
             cells[-1] += f" ×{len(m['seeds'])} seeds"
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [f"\nNot run on this data set: {name} ({why})." for name, why in results.get("not_applicable", {}).items()]
     h = results["hnsw"]
     lines += ["", f"HNSW (M={h['params']['M']}, ef_construction={h['params']['ef_construction']}, ef={h['params']['ef']}) "
               f"on {h['n_vectors']} vectors ({h['embeddings']}): recall@10 vs exact {h['recall_at_10_vs_exact']:.4f}, "
@@ -198,7 +206,8 @@ def summarize_seeds(runs: list[MethodResult], seeds: list[int]) -> dict:
     return entry | (first.extra or {})
 
 
-def run(preset: str, out: Path, methods: list[str] | None = None, merge: bool = False, seeds: int = 1) -> dict:
+def run(preset: str, out: Path, methods: list[str] | None = None, merge: bool = False, seeds: int = 1,
+        dataset: str = "wordnet") -> dict:
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be a positive int, got {seeds!r}")
     cfg = get_config(preset)
@@ -213,7 +222,10 @@ def run(preset: str, out: Path, methods: list[str] | None = None, merge: bool = 
         if previous.get("preset") != preset:
             raise ValueError(f"--merge: {out / 'results.json'} holds preset {previous.get('preset')!r}, not {preset!r}; "
                              "use another --out or drop --merge")
-    data = load_dataset("wordnet", preset)
+    data = load_dataset(dataset, preset)
+    if previous and previous.get("dataset", "wordnet") != data.name:
+        raise ValueError(f"--merge: {out / 'results.json'} holds data set {previous.get('dataset')!r}, not "
+                         f"{data.name!r}; use another --out or drop --merge")
     tokenizer = load_tokenizer(data, cfg.vocab_size)
     results = {
         "preset": preset,
@@ -230,12 +242,19 @@ def run(preset: str, out: Path, methods: list[str] | None = None, merge: bool = 
         t0 = time.perf_counter()
         runs = []
         for k in range(seeds):
-            r = METHODS[name](cfg.replace(seed=cfg.seed + k), data, tokenizer)
+            try:
+                r = METHODS[name](cfg.replace(seed=cfg.seed + k), data, tokenizer)
+            except NotApplicable as why:
+                print(f"{name:>12}: not applicable to {data.name}: {why}", flush=True)
+                results.setdefault("not_applicable", {})[name] = str(why)
+                break
             runs.append(r)
             print(f"{name:>12} (seed {cfg.seed + k}): R@1 {r.metrics['recall@1']:.3f}  R@10 {r.metrics['recall@10']:.3f}  "
                   f"MRR@10 {r.metrics['mrr@10']:.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
             if r.steps == 0:
                 break  # nothing trained: another seed gives the same numbers
+        if not runs:
+            continue
         results["methods"][name] = summarize_seeds(runs, [cfg.seed + k for k in range(len(runs))]) | {
             "wall_seconds": round(time.perf_counter() - t0, 1), "date": results["date"], "commit": results["commit"],
             "config": recorded_config(cfg)}
@@ -262,7 +281,8 @@ def run(preset: str, out: Path, methods: list[str] | None = None, merge: bool = 
 def write_report(results: dict, out: Path) -> None:
     """``results.md`` and ``recall_curves.png`` in ``out``, from a results dict (as in ``results.json``)."""
     (out / "results.md").write_text(to_markdown(results))
-    fig = plot_recall_at_k(results["methods"], title=f"Recall@k, WordNet test split ({results['preset']})")
+    fig = plot_recall_at_k(results["methods"], title=f"Recall@k, {DATASET_TITLES.get(results.get('dataset', 'wordnet'), results.get('dataset'))} "
+                                                        f"test split ({results['preset']})")
     fig.savefig(out / "recall_curves.png", dpi=120)
     plt.close(fig)
 
@@ -283,12 +303,18 @@ def main(argv=None) -> None:
     parser.add_argument("--merge", action="store_true", help="keep the other methods of an existing results.json")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per trained method (mean and spread reported)")
     parser.add_argument("--replot", action="store_true", help="only redraw results.md and the figure from results.json")
+    parser.add_argument("--dataset", default="wordnet",
+                        help="wordnet, idioms_zh, or a folder in data/README.md's layout (results/<preset> is "
+                             "WordNet's; give other data sets their own --out)")
     args = parser.parse_args(argv)
     out = args.out / args.preset if args.out == Path("results") else args.out
     if args.replot:
         replot(out)
     else:
-        run(args.preset, out, args.methods, args.merge, args.seeds)
+        if args.dataset != "wordnet" and args.out == Path("results"):
+            parser.error(f"--dataset {args.dataset}: give it its own --out (e.g. results/{args.preset}_idioms_zh); "
+                         f"results/{args.preset} holds WordNet's results")
+        run(args.preset, out, args.methods, args.merge, args.seeds, args.dataset)
 
 
 if __name__ == "__main__":

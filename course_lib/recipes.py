@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from course_lib.baselines import BM25, minilm_embeddings
+from course_lib.baselines import BM25, lexical_tokenize, minilm_embeddings
 from course_lib.cbns import BENCHMARK_SETTINGS, CBNSStep, cbns_sampler, train_cbns
 from course_lib.hardneg import HardNegSettings, train_hardneg
 from course_lib.in_batch import pair_batches, pretrain_simcse, train_in_batch
@@ -19,6 +19,7 @@ from course_lib.index import ExactIndex
 from course_lib.metrics import KS, corpus_bleu, embed_corpus, frequent_words, mean_token_f1, retrieval_metrics
 from course_lib.models import encode, encoder_from_bert, make_encoder
 from course_lib.retromae import pretrain, pretrain_texts
+from course_lib.samplers import NoDuplicateBatchSampler
 from course_lib.simbert import (
     generate,
     held_out_pairs,
@@ -29,6 +30,11 @@ from course_lib.simbert import (
 )
 from course_lib.train import measure_step
 from course_lib.utils import seed_everything
+
+
+class NotApplicable(Exception):
+    """A method that cannot run on this data set (e.g. MiniLM on Chinese); the benchmark records why."""
+
 
 GEN_FLOOR_WORDS = 6  # words in the "most frequent gloss words" generation floor
 
@@ -53,10 +59,12 @@ def _exact_metrics(doc_ids, doc_emb, q_emb, relevant) -> dict:
 
 
 def run_bm25(cfg, data, tokenizer) -> MethodResult:
-    """BM25 over the corpus (no training)."""
+    """BM25 over the corpus (no training): over words for English, over characters for Chinese
+    (``baselines.lexical_tokenize``)."""
     _, texts, relevant = data.split_items("test")
-    ranked, _ = BM25(data.corpus).search(texts, max(KS))
-    return MethodResult(retrieval_metrics(ranked, relevant, KS))
+    tokenize = lexical_tokenize(data.corpus)
+    ranked, _ = BM25(data.corpus, tokenize=tokenize).search(texts, max(KS))
+    return MethodResult(retrieval_metrics(ranked, relevant, KS), extra={"tokenize": tokenize})
 
 
 def run_untrained(cfg, data, tokenizer) -> MethodResult:
@@ -70,7 +78,14 @@ def run_untrained(cfg, data, tokenizer) -> MethodResult:
 
 
 def run_minilm(cfg, data, tokenizer) -> MethodResult:
-    """all-MiniLM-L6-v2 zero-shot (its own tokenizer; embeddings cached on disk)."""
+    """all-MiniLM-L6-v2 zero-shot (its own tokenizer; embeddings cached on disk). Not applicable to a corpus its
+    English vocabulary cannot read (``baselines.minilm_unknown_share`` above ``MINILM_MAX_UNKNOWN``)."""
+    from course_lib.baselines import MINILM_MAX_UNKNOWN, minilm_unknown_share
+    from course_lib.models import load_minilm
+
+    share = minilm_unknown_share(load_minilm()[1], [data.corpus[i] for i in sorted(data.corpus)])
+    if share > MINILM_MAX_UNKNOWN:
+        raise NotApplicable(f"{share:.0%} of {data.name}'s corpus tokens are [UNK] for MiniLM's English vocabulary")
     doc_ids, doc_emb, q_emb = minilm_embeddings(data, "test")
     return MethodResult(_exact_metrics(doc_ids, doc_emb, q_emb, data.split_items("test")[2]))
 
@@ -239,6 +254,49 @@ def _hardneg_method(strategy: str):
     return run_method
 
 
+# GradCache (notebook 06): twice the largest batch whose plain loss keeps its activations (autograd's saved
+# tensors, course_lib.gradcache.SavedTensorPeak) within ACTIVATION_BUDGET_MIB on the course encoder (B = 128 fits,
+# 256 does not), at notebook 04's large-batch lr, for the preset's steps
+GRADCACHE = {"batch_size": 256, "chunk_size": 32, "lr": 5e-4, "activation_budget_mib": 256}
+
+
+def run_gradcache_large_batch(cfg, data, tokenizer) -> MethodResult:
+    """In-batch softmax at B = 256 through GradCache, a batch the plain loss cannot fit in a 256 MiB activation
+    budget (the peak of both on the first batch is recorded), notebook 06. Its wall-clock cap is 4x the preset's:
+    a step costs about 4x a B = 64 step."""
+    from course_lib.gradcache import measure_batch_cost, train_gradcache
+
+    seed_everything(cfg.seed, cfg.num_threads)
+    g = GRADCACHE
+    run_cfg = cfg.replace(lr=g["lr"], train_seconds=cfg.train_seconds * 4)
+    probe = make_encoder(run_cfg, tokenizer)
+    first = next(pair_batches(data, tokenizer, NoDuplicateBatchSampler(data.train, g["batch_size"],
+                                                                         torch.Generator().manual_seed(cfg.seed)), cfg))
+    cost = {row["method"]: row for row in measure_batch_cost(probe, lambda b: first, [g["batch_size"]],
+                                                            chunk_size=g["chunk_size"], repeats=1)}
+    seed_everything(cfg.seed, cfg.num_threads)
+    model, history = train_gradcache(run_cfg, data, tokenizer, batch_size=g["batch_size"], chunk_size=g["chunk_size"],
+                                     progress=False)
+    result = _trained_result(cfg, data, tokenizer, model, history)
+    result.extra = dict(g) | {f"{m}_peak_mib": round(cost[m]["saved_peak_bytes"] / 2**20, 1) for m in cost}
+    return result
+
+
+def run_full_recipe(cfg, data, tokenizer) -> MethodResult:
+    """``course_lib.recipe`` (pretraining → in-batch + filtered dynamic hard negatives → HNSW) with its default
+    settings, notebook 07: in FAST a fixed step budget, in full a 30-minute plan. The run folder is kept under
+    ``runs/benchmark/`` (a rerun resumes it); test metrics are exact search, as for every method here."""
+    from pathlib import Path
+
+    from course_lib.recipe import BENCHMARK_BUDGET, run_recipe
+
+    out = Path(__file__).resolve().parent.parent / "runs" / "benchmark" / f"{data.name}_{cfg.preset}_seed{cfg.seed}"
+    r = run_recipe(data, tokenizer, cfg, out, progress=False, **BENCHMARK_BUDGET[cfg.preset])
+    return MethodResult(r["metrics"]["test"], train_seconds=r["train_seconds"], steps=r["plan"]["finetune_steps"],
+                        extra={"plan": r["plan"], "stage_seconds": r["seconds"], "mining_events": r["mining_events"],
+                               "test_hnsw": r["metrics"]["test_hnsw"]})
+
+
 METHODS = {
     "bm25": run_bm25,
     "untrained": run_untrained,
@@ -252,4 +310,5 @@ METHODS = {
     "mlm_then_in_batch": run_mlm_then_in_batch,
     "retromae_then_in_batch": run_retromae_then_in_batch,
 } | {name: _cbns_method(settings) for name, settings in BENCHMARK_SETTINGS.items()} | {
-    name: _hardneg_method(strategy) for name, strategy in HARDNEG_METHODS.items()}
+    name: _hardneg_method(strategy) for name, strategy in HARDNEG_METHODS.items()} | {
+    "gradcache_large_batch": run_gradcache_large_batch, "full_recipe": run_full_recipe}
