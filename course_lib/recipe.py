@@ -155,19 +155,13 @@ def finetune_batches(source: NegativeSource, model, examples, batch_size: int, s
         step += 1
 
 
-def _eval(model, tokenizer, data, cfg, split: str, index=None) -> dict:
-    """Retrieval metrics of ``model`` on ``split`` (exact search, or ``index`` when given)."""
-    from course_lib.index import ExactIndex
-    from course_lib.metrics import KS, embed_corpus, retrieval_metrics
+def _eval(model, tokenizer, data, cfg, split: str, index) -> dict:
+    """Retrieval metrics of ``model`` on ``split``, searching ``index`` (which holds the corpus's embeddings)."""
+    from course_lib.metrics import KS, retrieval_metrics
     from course_lib.models import encode
 
     _, texts, relevant = data.split_items(split)
-    q = encode(model, tokenizer, texts, max_length=cfg.max_query_len)  # (Q, D)
-    if index is None:
-        ids, docs = embed_corpus(model, tokenizer, data, max_length=cfg.max_doc_len)  # (N, D)
-        index = ExactIndex(docs.shape[1])
-        index.add(ids, docs)
-    ranked, _ = index.search(q, max(KS))
+    ranked, _ = index.search(encode(model, tokenizer, texts, max_length=cfg.max_query_len), max(KS))
     return {k: round(v, 4) for k, v in retrieval_metrics(ranked, relevant, KS).items()}
 
 
@@ -328,7 +322,7 @@ def run_recipe(data, tokenizer, cfg, out, *, minutes: float = 30.0, settings: Re
     from tqdm.auto import tqdm as _tqdm
 
     from course_lib.export import save_sentence_transformer
-    from course_lib.index import HNSWIndex
+    from course_lib.index import ExactIndex, HNSWIndex
     from course_lib.metrics import embed_corpus
 
     settings = settings or RecipeSettings()
@@ -378,10 +372,12 @@ def run_recipe(data, tokenizer, cfg, out, *, minutes: float = 30.0, settings: Re
         index.save(out / "index" / "hnsw.bin")
         seconds["index"] = round(time.perf_counter() - t0, 1)
         bar.update(1)
-        metrics = {"test": _eval(model, tokenizer, data, cfg, "test"),
-                   "test_hnsw": _eval(model, tokenizer, data, cfg, "test", index=index)}
+        exact = ExactIndex(docs.shape[1])
+        exact.add(ids, docs)
+        metrics = {"test": _eval(model, tokenizer, data, cfg, "test", exact),
+                   "test_hnsw": _eval(model, tokenizer, data, cfg, "test", index)}
         if data.queries.get("dev"):
-            metrics["dev"] = _eval(model, tokenizer, data, cfg, "dev")
+            metrics["dev"] = _eval(model, tokenizer, data, cfg, "dev", exact)
         bar.update(1)
         save_sentence_transformer(model, tokenizer, out / "model", max_seq_length=cfg.max_doc_len)
         bar.update(1)

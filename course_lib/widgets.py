@@ -301,3 +301,46 @@ def explore_mining(items: list[dict], lo: int = 10, n: int = 8, margin: float = 
     box = W.VBox([W.HBox(list(controls.values())), out])
     display(box)
     return box
+
+
+def _topk_view(searchers: dict, corpus: dict, text: str, a: str, b: str, k: int, gold: set | None = None) -> str:
+    """Two methods' top-k for one query, side by side as text; documents in ``gold`` are starred."""
+    for name in (a, b):
+        if name not in searchers:
+            raise ValueError(f"unknown method {name!r}; have {sorted(searchers)}")
+    if not isinstance(text, str) or not text.strip():
+        return "type a query"
+    ranked = {name: searchers[name](text, k) for name in (a, b)}
+    width = 58
+    lines = [f"query: {text}", f"{'rank':>4}  {a[:width]:<{width}}  {b[:width]}"]
+    for r in range(k):
+        cells = []
+        for name in (a, b):
+            ids, scores = ranked[name]
+            doc = ids[r]
+            mark = "*" if gold and doc in gold else " "
+            cells.append(f"{mark}{scores[r]:6.3f} {corpus[doc][:width - 8]:<{width - 8}}")
+        lines.append(f"{r + 1:>4}  " + "  ".join(cells))
+    shared = len(set(ranked[a][0][:k]) & set(ranked[b][0][:k]))
+    lines.append(f"{shared} of the top {k} documents are shared" + ("; * = relevant" if gold else ""))
+    return "\n".join(lines)
+
+
+def compare_topk(searchers: dict, corpus: dict, queries: dict[str, set] | None = None, text: str = "", k: int = 5):
+    """Type any query; see two methods' top-k next to each other. ``searchers`` maps a method name to a
+    function ``(text, k) -> (doc ids, scores)``; ``queries`` (query text → relevant ids) stars the relevant
+    documents when the typed text is a known query."""
+    names = list(searchers)
+    if len(names) < 2:
+        raise ValueError("compare_topk needs at least two methods to compare")
+    queries = queries or {}
+    print(_topk_view(searchers, corpus, text, names[0], names[1], k, queries.get(text)))  # errors surface here
+    box_text = W.Text(value=text, description="query", layout=W.Layout(width="70%"), continuous_update=False)
+    a = W.Dropdown(options=names, value=names[0], description="left")
+    b = W.Dropdown(options=names, value=names[1], description="right")
+    kk = W.IntSlider(value=k, min=1, max=20, description="k", continuous_update=False)
+    out = W.interactive_output(lambda text, a, b, k: print(_topk_view(searchers, corpus, text, a, b, k, queries.get(text))),
+                               {"text": box_text, "a": a, "b": b, "k": kk})
+    box = W.VBox([box_text, W.HBox([a, b, kk]), out])
+    display(box)
+    return box
