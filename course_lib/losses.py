@@ -1,5 +1,6 @@
 """Losses of the in-batch negatives family: the softmax over a batch's candidates (InfoNCE /
-MultipleNegativesRankingLoss), its symmetric variant, the additive margin and masking of duplicate positives.
+MultipleNegativesRankingLoss), its symmetric variant, the additive margin, masking of duplicate positives, and
+the same softmax over the candidates of several processes (cross-device negatives; Conan's CBB loss).
 
 A batch holds B (query, positive) pairs. Every query scores every candidate column: first the B positives,
 then optional hard negatives. Row i's target is column i, and the other columns are its negatives, for free
@@ -290,3 +291,120 @@ def cbns_loss(
     elif memory_ids is not None:
         raise ValueError("memory_ids is given without doc_ids: accidental hits are found by comparing the two")
     return F.cross_entropy(logits, torch.arange(B, device=logits.device))
+
+
+GATHERS = ("differentiable", "detached")
+
+
+def cross_device_in_batch_loss(q: torch.Tensor, d: torch.Tensor, negatives: torch.Tensor | None = None, *,
+                               temperature: float = 0.05, gather: str = "differentiable", group=None,
+                               similarity: str = "cos") -> torch.Tensor:
+    """The in-batch softmax over the candidates of every rank (process) of ``group``, a scalar tensor.
+
+    Rank r holds B_r pairs ``q``, ``d`` (B_r, D) and optional ``negatives`` (B_r, K, D) or (M_r, D); N = Σ_r B_r,
+    W ranks. The columns are every rank's positives in rank order, then every rank's negatives (per-query ones
+    flattened as ``candidate_columns`` does: extra columns for every query); local query i of rank r has label
+    ``o_r + i``, ``o_r = Σ_{s<r} B_s`` (r·B for equal batches; DPR, Karpukhin et al., 2020, §3.2, arXiv:2004.04906).
+    ``L = (1/N) Σ_i CE_i`` is the loss of one process over the concatenated batch. ``gather``:
+
+    - ``"differentiable"`` (sentence-transformers' ``gather_across_devices``): candidates go through
+      ``torch.distributed.nn.all_gather``, whose backward returns every rank's gradient to the candidate's owner;
+      anchors stay local. Rank r returns ``(W·B_r/N) · mean_{i ∈ r} CE_i``, so the mean over ranks is L and DDP's
+      gradient average is exactly ∇L, uneven batches included (equal batches: the plain local mean).
+    - ``"detached"`` (DPR; SimCSE, Gao et al., 2021, arXiv:2104.08821; BGE, Xiao et al., 2023, arXiv:2309.07597):
+      detached copies of q, d and negatives are gathered, the local live tensors put back in their slot, and
+      every rank computes the whole L over all N queries. Gradients reach only the local slice, so DDP's average
+      is ∇L / W: a constant factor that Adam mostly absorbs but gradient clipping and SGD feel.
+
+    Not initialised, or one rank: exactly ``in_batch_softmax_loss(q, d, negatives, ...)``. Each rank checks its
+    inputs as that loss does, then one collective exchanges shapes, dtype, temperature, similarity and
+    ``gather``: when a rank's inputs fail or the ranks disagree (another embedding width, negatives on some
+    ranks only), every rank raises the same ``ValueError`` instead of waiting forever in the gather. B_r and M_r
+    may differ (rows are padded for the collective). The logits are checked against ``max‖q‖·max‖c‖/τ``.
+    """
+    if gather not in GATHERS:
+        raise ValueError(f"gather must be one of {GATHERS}, got {gather!r}")
+    from course_lib.distributed import exchange, gather_rows, rank_and_world
+
+    rank, world = rank_and_world(group)
+    if world == 1:
+        return in_batch_softmax_loss(q, d, negatives, temperature=temperature, similarity=similarity)
+    try:  # a failing rank still takes part in the exchange, or the others would wait for it
+        _check_embeddings(q, d, negatives)
+        _check_number("temperature", temperature, positive=True)
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        extra = candidate_columns(d, negatives)[d.shape[0]:]  # (M_r, D): B_r·K rows for per-query negatives
+        norms = [1.0, 1.0] if similarity == "cos" else [float(t.detach().norm(dim=-1).max()) for t in (q, d)]
+        info, error = {"rows": (q.shape[0], extra.shape[0]), "norms": norms, "same": {
+            "embedding width D": q.shape[1], "dtype": str(q.dtype), "temperature": temperature, "gather": gather,
+            "negatives": negatives if negatives is None else f"{negatives.dim()}-D", "similarity": similarity}}, None
+        if similarity == "dot" and len(extra):
+            norms[1] = max(norms[1], float(extra.detach().norm(dim=-1).max()))
+    except (TypeError, ValueError) as e:
+        info, error = None, e
+    infos = exchange(info, error, group, "cross_device_in_batch_loss")
+    sizes = [i["rows"] for i in infos]  # (B_s, M_s) of each rank s
+    peak = max(i["norms"][0] for i in infos) * max(i["norms"][1] for i in infos) / temperature
+    limit = math.sqrt(torch.finfo(q.dtype).max)
+    if not peak <= limit:
+        raise ValueError(f"logits can reach {peak:.3g} (max‖q‖·max‖c‖/τ), more than {q.dtype} carries through the "
+                         f"softmax (|logit| <= {limit:.3g}); normalise the embeddings or use similarity='cos'")
+    detached = gather == "detached"
+    skip = [b if detached else 0 for b, _ in sizes]  # the q rows in front of each rank's rows (detached only)
+    sent = [s + b + m for s, (b, m) in zip(skip, sizes)]  # rows each rank sends
+    parts = gather_rows(torch.cat([q, d, extra] if detached else [d, extra]), sent, differentiable=not detached,
+                        group=group)
+    candidates = torch.cat([p[s : s + b] for p, s, (b, _) in zip(parts, skip, sizes)]
+                           + [p[s + b :] for p, s, (b, _) in zip(parts, skip, sizes)])  # (N + ΣM, D)
+    B, N, offset = q.shape[0], sum(b for b, _ in sizes), sum(b for b, _ in sizes[:rank])
+    anchors = torch.cat([p[:b] for p, (b, _) in zip(parts, sizes)]) if detached else q  # (N or B, D)
+    labels = torch.arange(N) if detached else torch.arange(offset, offset + B)
+    if similarity == "cos":
+        anchors, candidates = F.normalize(anchors, dim=-1), F.normalize(candidates, dim=-1)
+    loss = F.cross_entropy(anchors @ candidates.T / temperature, labels.to(q.device))  # logits (N or B, N + ΣM)
+    return loss if detached else loss * (world * B / N)
+
+
+def cross_gpu_balance_loss(q: torch.Tensor, pos: torch.Tensor, negatives_per_device: Sequence[torch.Tensor], *,
+                           temperature: float = 0.05, similarity: str = "cos", in_batch: bool = False) -> torch.Tensor:
+    """The retrieval term of Conan-embedding's cross-GPU batch balance (CBB) loss (Li et al., 2024,
+    arXiv:2408.15710, §2.3) on one process: N simulated devices share the queries ``q`` and positives ``pos``
+    (n, D), each holds its own negatives ``negatives_per_device[k]``, (M_k, D) scored by every query or
+    (n, K_k, D) per query, all of one kind. ``−(1/n) Σ_i log[e^{s(x_i,y_i⁺)/τ} / (e^{s(x_i,y_i⁺)/τ} +
+    Σ_{k=1..N} Σ_j e^{s(x_i,y_j⁻)/τ})]`` is InfoNCE over the union of the devices' negatives.
+
+    ``in_batch=False`` is the paper's denominator (positive and negatives only); ``in_batch=True`` adds the other
+    queries' positives, and is then exactly ``in_batch_softmax_loss(q, pos, union)``. The paper adds β·L_cos
+    (CoSENT on STS pairs, β = 0.8) in the same step; that term is left out here. Across real ranks:
+    ``course_lib.distributed.cross_gpu_balance_loss_across_ranks``.
+    """
+    if isinstance(negatives_per_device, torch.Tensor) or not isinstance(negatives_per_device, Sequence) or not (
+            negatives_per_device and all(isinstance(t, torch.Tensor) for t in negatives_per_device)):
+        raise TypeError("negatives_per_device must be a non-empty list of tensors, one per device: [(M_k, D) or "
+                        f"(n, K_k, D), ...], got {type(negatives_per_device).__name__}")
+    kinds = {t.dim() for t in negatives_per_device}
+    if len(kinds) != 1 or kinds - {2, 3}:
+        raise ValueError(f"every device's negatives must be (M_k, D) shared or (n, K_k, D) per-query, all one kind; "
+                         f"got shapes {[tuple(t.shape) for t in negatives_per_device]}")
+    union = torch.cat(list(negatives_per_device), dim=0 if kinds == {2} else 1)  # (ΣM_k, D) or (n, ΣK_k, D)
+    if in_batch:
+        return in_batch_softmax_loss(q, pos, union, temperature=temperature, similarity=similarity)
+    _check_embeddings(q, pos, union, "negatives_per_device")
+    _check_number("temperature", temperature, positive=True)
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    if similarity == "cos":
+        q, pos, union = F.normalize(q, dim=-1), F.normalize(pos, dim=-1), F.normalize(union, dim=-1)
+    negative_scores = q @ union.T if union.dim() == 2 else torch.einsum("nd,nkd->nk", q, union)  # (n, M) or (n, K)
+    logits = torch.cat([(q * pos).sum(-1, keepdim=True), negative_scores], dim=1) / temperature  # (n, 1 + M)
+    _check_logits(logits, temperature, similarity)
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))  # the positive is column 0
+
+
+def __getattr__(name):  # GradCache lives in its own module (it needs the model, not only embeddings)
+    if name == "cached_in_batch_loss":
+        from course_lib.gradcache import cached_in_batch_loss
+
+        return cached_in_batch_loss
+    raise AttributeError(f"module 'course_lib.losses' has no attribute {name!r}")
