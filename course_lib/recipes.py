@@ -282,6 +282,24 @@ def run_gradcache_large_batch(cfg, data, tokenizer) -> MethodResult:
     return result
 
 
+def run_distributed_2proc(cfg, data, tokenizer) -> MethodResult:
+    """In-batch softmax trained by two processes with DDP (``course_lib.distributed``, gloo on CPU), each holding
+    half of the preset's batch and scoring every rank's candidates (differentiable gather), notebook 06: the same
+    global batches and steps as ``in_batch``. WordNet only (the worker loads it)."""
+    import tempfile
+
+    from course_lib.distributed import launch
+
+    if data.name != "wordnet":
+        raise NotApplicable("the distributed worker trains on WordNet (course_lib.distributed)")
+    with tempfile.TemporaryDirectory() as tmp:
+        r = launch(2, ["--preset", cfg.preset, "--seed", str(cfg.seed), "--steps", str(cfg.train_steps), "--eval"],
+                   tmp, timeout_s=max(600.0, cfg.train_seconds * 4), log=lambda line: None)
+    return MethodResult(r["test"], train_seconds=r["train_seconds"], steps=r["steps"],
+                        extra={k: r[k] for k in ("world_size", "per_rank_batch", "global_batch", "gather", "backend",
+                                                 "threads_per_rank", "examples_per_s")})
+
+
 def run_full_recipe(cfg, data, tokenizer) -> MethodResult:
     """``course_lib.recipe`` (pretraining → in-batch + filtered dynamic hard negatives → HNSW) with its default
     settings, notebook 07: in FAST a fixed step budget, in full a 30-minute plan. The run folder is kept under
@@ -311,4 +329,5 @@ METHODS = {
     "retromae_then_in_batch": run_retromae_then_in_batch,
 } | {name: _cbns_method(settings) for name, settings in BENCHMARK_SETTINGS.items()} | {
     name: _hardneg_method(strategy) for name, strategy in HARDNEG_METHODS.items()} | {
-    "gradcache_large_batch": run_gradcache_large_batch, "full_recipe": run_full_recipe}
+    "gradcache_large_batch": run_gradcache_large_batch, "distributed_2proc": run_distributed_2proc,
+    "full_recipe": run_full_recipe}
