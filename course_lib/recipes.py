@@ -302,7 +302,7 @@ def run_distributed_2proc(cfg, data, tokenizer) -> MethodResult:
 
 def run_full_recipe(cfg, data, tokenizer) -> MethodResult:
     """``course_lib.recipe`` (pretraining → in-batch + filtered dynamic hard negatives → HNSW) with its default
-    settings, notebook 07: in FAST a fixed step budget, in full a 30-minute plan. The run folder is kept under
+    settings, notebook 07, at ``course_lib.recipe.BENCHMARK_BUDGET``'s step counts. The run folder is kept under
     ``runs/benchmark/`` (a rerun resumes it); test metrics are exact search, as for every method here."""
     from pathlib import Path
 
