@@ -104,8 +104,15 @@ def whole_word_mask(
 
     ``word_ids`` (B, L) numbers the words of each row (a fast tokenizer's ``word_ids()``) and is −1 on special
     tokens and padding, which are never masked. Per row, words are visited in random order and taken whole
-    while the masked-token count stays within round(n · mask_ratio) of the row's n word tokens (at least one
-    word when mask_ratio > 0), as Hugging Face's whole-word collator does. Of the chosen tokens, 80 % become
+    while the masked-token count stays within round(n · mask_ratio) of the row's n word tokens (a word that
+    would overshoot is skipped; at least one word when mask_ratio > 0). This is the rule of transformers 4's
+    ``DataCollatorForWholeWordMask`` (which RetroMAE's reference collator subclasses) with one difference: that
+    collator's budget is round(len · mask_ratio) where len counts [CLS] and [SEP] as well, so it masks
+    round((n + 2) · mask_ratio) word tokens where this function masks round(n · mask_ratio) (on FAST's pretraining
+    texts at ratio 0.3, a mean share of about 0.34 of the word tokens against 0.30; notebook 03, section 2).
+    transformers 5 replaced that collator with ``DataCollatorForLanguageModeling(whole_word_mask=True)``, which
+    draws each word independently with probability mask_ratio (the same share on average, a count that varies)
+    and turns every chosen token into [MASK]. Of the chosen tokens here, 80 % become
     ``[MASK]``, 10 % a random regular token (ids ``first_regular_id`` … ``vocab_size`` − 1) and 10 % stay.
     Returns ``(masked input_ids (B, L), labels (B, L))``: labels hold the original id where a token was chosen
     and −100 (ignored by cross-entropy) elsewhere. The inputs are not modified.

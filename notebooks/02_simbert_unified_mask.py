@@ -1,8 +1,18 @@
 # %% [markdown]
 # # 02 · SimBERT: one encoder that retrieves and generates, through the UniLM mask
 #
-# **Papers and code.** SimBERT (Su, 2020; code `ZhuiyiTechnology/simbert`, write-up kexue.fm/archives/7427);
-# the UniLM sequence-to-sequence mask (Dong et al., 2019, §2.3); nucleus sampling (Holtzman et al., 2020).
+# **Papers and code.** SimBERT (Su, 2020; code `ZhuiyiTechnology/simbert`, write-up kexue.fm/archives/7427; no
+# paper); UniLM, "Unified Language Model Pre-training for Natural Language Understanding and Generation" (Dong et
+# al., NeurIPS 2019, arXiv:1905.03197, §2.3, the sequence-to-sequence mask); BERT (Devlin et al., NAACL 2019,
+# arXiv:1810.04805, §3.1, masked language modelling); nucleus sampling (Holtzman et al., ICLR 2020,
+# arXiv:1904.09751, §3.1); SQuAD's token F1 (Rajpurkar et al., EMNLP 2016, arXiv:1606.05250); BLEU (Papineni et
+# al., ACL 2002, §2).
+#
+# **Words.** Each term is defined where it first appears, and in [GLOSSARY.md](../GLOSSARY.md). BERT's
+# tokenizer writes a **[CLS]** token first and a **[SEP]** token after each sentence; the encoder's output
+# vector at [CLS] is the usual one-vector summary of the whole input. **UniLM** is one BERT trained under
+# different attention masks, so that the same weights both read text and write it; **seq2seq** (sequence to
+# sequence) means writing an output text from an input text.
 #
 # **Idea.** Put two sentences that mean the same thing into one sequence, `[CLS] A [SEP] B [SEP]`, under an
 # attention mask that lets B see A but never lets A see B. One forward pass then trains a *generator* (predict
@@ -10,31 +20,38 @@
 # [CLS] vector of B).
 #
 # **What you will build:** the three attention masks side by side; the UniLM mask from segment ids, checked
-# against `course_lib` and explored row by row; batches with both directions A→B and B→A; the check that
-# [CLS] ignores B; the similarity loss (diagonal removed, partner labels i XOR 1) and the seq2seq loss;
-# joint training with both loss curves; greedy generation before training, greedy and sampled after, scored
-# by token F1 against two floors; similar-sentence search and retrieval recall next to the in-batch model at equal budget.
+# against its definition and explored row by row; batches with both directions A→B and B→A; the check that
+# [CLS] ignores B; the similarity loss (diagonal removed, partner labels i XOR 1) and the seq2seq loss, each
+# checked against a second computation written another way; joint training with both loss curves; greedy
+# generation before training, greedy and sampled after, scored by token F1 against two floors; similar-sentence
+# search and retrieval recall next to the in-batch model at equal budget; the benchmark's results at full scale.
 #
-# **Run time:** FAST preset about 70 s on 2 CPU cores; full preset about 15 minutes on 2 cores (estimated
-# from its per-step and per-evaluation times).
+# **Run time:** FAST, the default preset: about 75 s on 2 idle CPU cores (estimated from the 61 s of CPU time it
+# used; 145 s measured on 2 cores shared with other jobs). Full (`PRESET = "full"` in the parameters cell, or
+# `COURSE_FAST=0` in the environment): about 15 minutes on 2 cores, estimated from its per-step and
+# per-evaluation times.
 
 # %%
 import course_lib  # noqa: F401  first: sets OMP_WAIT_POLICY=PASSIVE before torch loads (2-core stalls otherwise)
 
 # isort: split
 import math
+import re
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from course_lib.baselines import BM25
+from course_lib.benchmark import mean_sd, ordering, stored_results
 from course_lib.config import get_config
 from course_lib.data import load_dataset
 from course_lib.in_batch import train_in_batch
 from course_lib.masks import attention_bias, causal_mask, padding_mask, unilm_mask
 from course_lib.metrics import KS, evaluate, frequent_words, mean_token_f1, retrieval_metrics, token_f1
+from course_lib.models import encode
 from course_lib.plots import plot_attention_masks, plot_loss_curve, plot_recall_at_k, plot_similarity_matrix
+from course_lib.provenance import stale_methods
 from course_lib.simbert import (
     generate,
     held_out_pairs,
@@ -51,8 +68,8 @@ from course_lib.utils import seed_everything
 from course_lib.widgets import explore_generation, explore_mask_rows
 
 # %% tags=["parameters"]
-PRESET = None  # None: FAST unless the environment sets COURSE_FAST=0; or "fast" / "full"
-SCALE = 30.0  # SimBERT's similarity scale (= 1/τ); its successor RoFormer-Sim uses 20
+PRESET = None  # None: FAST (the default) unless the environment sets COURSE_FAST=0; or "fast" / "full"
+SCALE = 30.0  # SimBERT's similarity scale (= 1/τ) in the loss and in training; its successor RoFormer-Sim uses 20
 SHOW_PAIRS = 4  # pairs in the small batch we draw (8 rows)
 GEN_TEMPERATURE = 1.0  # sampling temperature for the "sampled" outputs
 GEN_TOP_P = 0.9  # nucleus size for the "sampled" outputs
@@ -79,8 +96,8 @@ def test_metrics(model):
 # ## 1. Three attention masks
 #
 # One transformer, three ways to let positions see each other. Take one training pair, written as
-# `[CLS] A [SEP] B [SEP]`: A is an example sentence, B the gloss of its sense. Row i of a mask is query
-# position i; a dark cell (i, j) means position i may attend position j.
+# `[CLS] A [SEP] B [SEP]`: A is an example sentence, B the gloss (WordNet's definition) of its sense. Row i of
+# a mask is query position i; a dark cell (i, j) means position i may attend position j.
 #
 # - **bidirectional** (BERT): everyone sees everyone; good for understanding, useless for generating B (the
 #   position that predicts a B token could look at that very token: the answer leaks);
@@ -104,11 +121,11 @@ fig = plot_attention_masks(masks, tokens)
 # %% [markdown]
 # ## 2. The UniLM mask from segment ids
 #
-# Segment ids are 0 on `[CLS] A [SEP]` and 1 on `B [SEP]`. Their running sum c is 0 all over A and counts up
-# 1, 2, 3, … along B. One comparison builds the whole mask: **row i sees column j iff c_j ≤ c_i**. A rows
-# (c = 0) see only columns with c = 0, all of A; the k-th B token (c = k) sees A and B tokens 1…k. Padding is
-# removed separately: the cumsum rule alone would let the final [SEP] see trailing pads (pads have segment
-# 0, so their c equals the last token's).
+# **Segment ids** (transformers calls them `token_type_ids`) are 0 on `[CLS] A [SEP]` and 1 on `B [SEP]`. Their
+# running sum c is 0 all over A and counts up 1, 2, 3, … along B. One comparison builds the whole mask: **row i
+# sees column j iff c_j ≤ c_i**. A rows (c = 0) see only columns with c = 0, all of A; the k-th B token (c = k)
+# sees A and B tokens 1…k. Padding is removed separately: the cumsum rule alone would let the final [SEP] see
+# trailing pads (pads have segment 0, so their c equals the last token's).
 
 # %%
 def my_unilm_mask(segment_ids, attention_mask):
@@ -118,17 +135,35 @@ def my_unilm_mask(segment_ids, attention_mask):
 
 
 # %% [markdown]
-# **Checker.** On a padded batch of both directions for four pairs, ours equals
-# `course_lib.masks.unilm_mask`; and the pad trap is real.
+# **Checker.** The cumsum trick is one way to write the mask; UniLM §2.3 states it in words: a token of the
+# first segment attends to every token of the first segment; a token of the second segment attends to the
+# first segment and to the second segment's tokens up to itself; nothing attends to padding. Below, that
+# sentence is written as a loop over positions (no cumsum) for a padded batch of both directions of four pairs,
+# and both our mask and `course_lib.masks.unilm_mask` must equal it. Then the pad trap, shown to be real.
 
 # %%
+def unilm_mask_by_definition(segment_ids, attention_mask):
+    """UniLM §2.3 in words, one cell at a time, on the real (non-pad) rows."""
+    out = []
+    for seg_row, real in zip(segment_ids.tolist(), attention_mask.tolist()):
+        L = len(seg_row)
+        first = [real[j] and seg_row[j] == 0 for j in range(L)]  # [CLS] A [SEP]
+        second = [real[j] and seg_row[j] == 1 for j in range(L)]  # B [SEP]
+        out.append([[real[i] and (first[j] or (second[i] and second[j] and j <= i)) for j in range(L)]
+                    for i in range(L)])
+    return torch.tensor(out, dtype=torch.bool)  # (B, L, L)
+
+
 first_of_sense = {}
 for p in pairs:
     first_of_sense.setdefault(p.group, p)
 show_pairs = list(first_of_sense.values())[:SHOW_PAIRS]  # one pair per sense: no gloss twice in the batch
 small = pair_rows(tokenizer, show_pairs, max_length=cfg.max_query_len + cfg.max_doc_len)  # (8, L)
 my_mask = my_unilm_mask(small["token_type_ids"], small["attention_mask"])  # (8, L, L)
-assert torch.equal(my_mask, unilm_mask(small["token_type_ids"], small["attention_mask"]))
+by_definition = unilm_mask_by_definition(small["token_type_ids"], small["attention_mask"])
+real_rows = small["attention_mask"].bool()[:, :, None]  # (8, L, 1): what a pad row sees does not matter
+assert torch.equal(my_mask & real_rows, by_definition)
+assert torch.equal(unilm_mask(small["token_type_ids"], small["attention_mask"]) & real_rows, by_definition)
 c = small["token_type_ids"].cumsum(1)
 raw = c[:, None, :] <= c[:, :, None]  # the cumsum rule without the padding term
 r = int(small["attention_mask"].sum(1).argmin())  # the shortest row has pads
@@ -191,11 +226,13 @@ assert torch.allclose(cls_joint, cls_alone, atol=1e-5) and not torch.allclose(cl
 # %% [markdown]
 # ## 4. The similarity loss
 #
-# The [CLS] state goes through a *linear* pooler (no tanh; a common port bug, RoFormer_pytorch issue #22), v = W·h + b, and is
-# L2-normalised: u = v/‖v‖. Every row is scored against every other row of the batch, S = 30·(U Uᵀ − 10¹²·I):
-# subtracting 10¹² on the diagonal (before scaling, as the reference does) removes each row from its own
-# softmax. The target of row i is its partner, i XOR 1 (0↔1, 2↔3, …). Compared with notebook 01's loss,
-# every row is both query and candidate, so each row has 2n − 2 negatives: the other pairs' A *and* B.
+# The [CLS] state goes through a **pooler**, a layer that turns the [CLS] output into the sentence vector.
+# BERT's pooler ends in a tanh; SimBERT's is *linear* (dropping the tanh is a common port bug, RoFormer_pytorch
+# issue #22): v = W·h + b, then L2-normalised: u = v/‖v‖. Every row is scored against every other row of the
+# batch, S = `SCALE`·(U Uᵀ − 10¹²·I) (these scores before the softmax are the **logits**): subtracting 10¹² on
+# the diagonal (before scaling, as the reference does) removes each row from its own softmax. The target of row
+# i is its partner, i XOR 1 (0↔1, 2↔3, …). Compared with notebook 01's loss, every row is both query and
+# candidate, so each row has 2n − 2 negatives: the other pairs' A *and* B.
 
 # %%
 def my_similarity_loss(cls, scale):
@@ -208,12 +245,30 @@ def my_similarity_loss(cls, scale):
 with torch.no_grad():
     v = model0.pooler(cls_joint)  # (8, H), the linear pooler
 my_sim = my_similarity_loss(v, SCALE)
-torch.testing.assert_close(my_sim, simbert_similarity_loss(v, SCALE))
+
+# %% [markdown]
+# **Checker.** The same loss written another way: for each row separately, −log of exp(score with the partner)
+# over the sum of exp(score) with every *other* row, the own row left out of the sum rather than pushed to
+# −10¹²; cosines from dot products divided by norms, no `F.normalize`. Ours and `course_lib`'s must match it.
+
+# %%
+def similarity_loss_row_by_row(cls, scale):
+    cos = lambda x, y: float(x @ y) / float(x.norm() * y.norm())  # noqa: E731
+    terms = []
+    for i in range(len(cls)):
+        scores = {j: scale * cos(cls[i], cls[j]) for j in range(len(cls)) if j != i}
+        terms.append(-(scores[i ^ 1] - math.log(sum(math.exp(s) for s in scores.values()))))
+    return sum(terms) / len(terms)
+
+
+reference_sim = similarity_loss_row_by_row(v, SCALE)
+assert math.isclose(my_sim.item(), reference_sim, rel_tol=1e-4)
+assert math.isclose(simbert_similarity_loss(v, SCALE).item(), reference_sim, rel_tol=1e-4)
 try:
     simbert_similarity_loss(v[:7], SCALE)
 except ValueError as err:
     print("odd batch →", err)
-print(f"similarity loss {my_sim:.3f} (checked against course_lib; ln(2n − 1) = {math.log(2 * SHOW_PAIRS - 1):.3f} "
+print(f"similarity loss {my_sim:.3f} (row by row: {reference_sim:.3f}; ln(2n − 1) = {math.log(2 * SHOW_PAIRS - 1):.3f} "
       "is uniform guessing)")
 
 
@@ -224,24 +279,33 @@ def draw_similarity(model, title):
         u = F.normalize(model.pooler(model.seq2seq_hidden(**rows_on_device)[:, 0]), dim=-1).cpu()  # (2n, H)
     logits = (SCALE * u @ u.T).fill_diagonal_(float("-inf"))
     labels = [f"{i}: {t[:24]}" for i, t in enumerate(firsts)]
-    return plot_similarity_matrix(logits, targets=[i ^ 1 for i in range(len(u))], row_labels=labels,
-                                  axis_labels=("rows (candidates)", "rows"), title=title)
+    fig = plot_similarity_matrix(logits, targets=[i ^ 1 for i in range(len(u))], row_labels=labels,
+                                 axis_labels=("rows (candidates)", "rows"), title=title)
+    return fig, logits
 
 
-fig = draw_similarity(model0, "untrained SimBERT: scale · cos, own row removed, partner boxed")
+fig, logits0 = draw_similarity(model0, f"untrained SimBERT: {SCALE:g} · cos, own row removed, partner boxed")
+off_diagonal = logits0[torch.isfinite(logits0)]  # (2n (2n − 1),)
+probs0 = logits0.softmax(-1)[torch.isfinite(logits0)]
+print(f"untrained logits: {off_diagonal.min():.3f} … {off_diagonal.max():.3f} (scale {SCALE:g}; cos "
+      f"{off_diagonal.min() / SCALE:.5f} … {off_diagonal.max() / SCALE:.5f}); softmax probabilities "
+      f"{probs0.min():.4f} … {probs0.max():.4f}, uniform 1/(2n − 1) = {1 / (2 * SHOW_PAIRS - 1):.4f}")
+assert off_diagonal.min() > 0.99 * SCALE, "untrained [CLS] vectors are nearly identical"
 
 # %% [markdown]
-# Left: the logits, scale · cos (the scale is 1/τ, hence the panel's title); the own-row cells are blank,
+# Left: the logits, `SCALE` · cos (the scale is 1/τ, hence the panel's title); the own-row cells are blank,
 # each row's partner is boxed. Right: each row's softmax, the probability the loss puts on each candidate.
-# Untrained, every logit is about +30, i.e. cos ≈ 1: all [CLS] vectors are nearly the same (section 7 comes
-# back to why), so every row's softmax is close to uniform.
+# Untrained, every logit sits within 1 % of `SCALE` (printed above), i.e. cos ≈ 1: all [CLS] vectors are nearly
+# the same (section 7 comes back to why), so every row's softmax is close to uniform.
 
 # %% [markdown]
 # ## 5. The seq2seq loss
 #
 # Every B token, including the final [SEP], is predicted from the position before it, so the first B token
-# is predicted from A's [SEP]. The loss is the mean cross-entropy over exactly those positions; the LM head
-# (its output matrix is the word-embedding table, tied) runs only there.
+# is predicted from A's [SEP]. The **LM head** (language-model head) maps a hidden vector to one logit per
+# vocabulary token; its output matrix is the word-embedding table itself (**tied weights**: one matrix reads
+# tokens in and scores them out). The loss is the mean cross-entropy over exactly the B positions, and the LM
+# head runs only there.
 
 # %%
 with torch.no_grad():
@@ -249,27 +313,41 @@ with torch.no_grad():
     ids, seg8, att8 = small["input_ids"], small["token_type_ids"], small["attention_mask"]
     where = (seg8[:, 1:] == 1) & att8[:, 1:].bool()  # (8, L-1): positions whose next token is in B
     my_s2s = F.cross_entropy(model0.lm_head(hidden[:, :-1][where]), ids[:, 1:][where])  # (T, V) logits
+
+# %% [markdown]
+# **Checker.** Token by token instead of masked tensors: walk each row, and for every non-pad position t in B
+# score token t from the hidden state at t − 1 (a log-softmax over the vocabulary); average. Ours and
+# `course_lib.simbert.seq2seq_loss` must match it, and the LM head must really be tied to the embedding table.
+
+# %%
+with torch.no_grad():
+    terms = [-model0.lm_head(hidden[b, t - 1]).log_softmax(-1)[ids[b, t]]
+             for b in range(len(ids)) for t in range(1, ids.shape[1]) if seg8[b, t] == 1 and att8[b, t]]
+    reference_s2s = torch.stack(terms).mean()
     lib_s2s = seq2seq_loss(model0, hidden, ids, seg8, att8)
-torch.testing.assert_close(my_s2s, lib_s2s)
-assert where.sum() == ((seg8 == 1) & att8.bool()).sum()  # one term per non-pad B token
-print(f"seq2seq loss {my_s2s:.2f} over {int(where.sum())} B tokens (checked; ln V = {math.log(len(tokenizer)):.2f}, "
-      "the loss of a uniform guess over the V-token vocabulary)")
+torch.testing.assert_close(my_s2s, reference_s2s)
+torch.testing.assert_close(lib_s2s, reference_s2s)
+assert model0.lm_head.word_embeddings.weight is model0.bert.get_input_embeddings().weight, "tied weights: one matrix"
+print(f"seq2seq loss {my_s2s:.2f} over {len(terms)} B tokens (token by token: {reference_s2s:.2f}; "
+      f"ln V = {math.log(len(tokenizer)):.2f}, the loss of a uniform guess over the V-token vocabulary)")
 
 # %% [markdown]
 # ## 6. Generation before training
 #
 # Decoding feeds `[CLS] A [SEP]`, predicts the next token at the last position, appends it as a segment-1
 # token, and repeats until [SEP] (`course_lib.simbert.generate`; all sentences decode together, each
-# exactly as it would alone). **Greedy** takes the most likely token; **sampling** draws from the softmax
-# of the logits divided by a temperature, restricted to the smallest set of tokens whose probability
-# reaches top-p. Decoding stops at [SEP] or after 32 new tokens (`max_new_tokens`).
+# exactly as it would alone). **Greedy** decoding takes the most likely token; **sampling** draws from the
+# softmax of the logits divided by a temperature, restricted to the smallest set of tokens whose probability
+# reaches top-p (**nucleus sampling**, Holtzman et al., 2020, §3.1). Decoding stops at [SEP] or after 32 new
+# tokens (`max_new_tokens`).
 #
 # We score generation on held-out pairs: test-split example sentences, a seeded sample, whose senses the model
 # never trained on (no test synset is a training positive; `tests/test_data.py` checks it), against their
-# gold gloss, with word-overlap F1 (SQuAD's token F1, without its removal of articles, so "the" counts).
-# Two floors keep that number honest. **Copy the input**: a gloss lists its synset's words, and the example
-# usually contains one of them. **Frequent words**: the six most frequent words of the training glosses,
-# the same for every sentence: the best a model could hope for by knowing word frequencies and nothing else.
+# gold gloss, with **token F1**: the harmonic mean of word-overlap precision and recall (SQuAD's answer score,
+# without its removal of articles, so "the" counts). Two floors keep that number honest. **Copy the input**: a
+# gloss lists its synset's words, and the example usually contains one of them. **Frequent words**: the six
+# most frequent words of the training glosses, the same for every sentence: the best a model could hope for by
+# knowing word frequencies and nothing else.
 #
 # A weak model decoding greedily tends to loop ("the the the …"). Every score below, before and after
 # training, uses the usual guard: no bigram may occur twice in an output (`no_repeat_ngram_size=2`, the
@@ -290,20 +368,22 @@ for src, out in zip(gen_src[:2], greedy_before[:2]):
 # %% [markdown]
 # ## 7. Joint training
 #
-# Loss = seq2seq + similarity, unweighted, as in the reference. Batches hold `BATCH_PAIRS` pairs (twice as
-# many rows) with no sense twice (a repeated gloss would be a false negative). AdamW with weight decay 0.01.
+# Loss = seq2seq + similarity, unweighted, as in the reference, with the similarity scale `SCALE`. Batches hold
+# `BATCH_PAIRS` pairs (twice as many rows) with no sense twice (a repeated gloss would be a false negative).
+# AdamW with weight decay 0.01.
 #
 # **The learning rate is lower than notebook 01's** (`cfg.simbert_lr` = 3e-4 against 2e-3), and that is a
-# lesson about [CLS] pooling from scratch. At initialisation every [CLS] vector is almost the same (the
-# untrained similarity matrix in section 4 is nearly flat: [CLS] starts as one fixed embedding and only mixes
-# in the other tokens through near-uniform attention). At 2e-3 the similarity loss then barely leaves
-# ln(2n − 1): the scores stay equal, a collapse; notebook 01's mean pooling does not have the problem, since
-# a mean of token embeddings differs from sentence to sentence from the first step. The reference never
-# meets this: it fine-tunes a pretrained BERT (at 2e-6). Exercise 2 lets you see the collapse.
+# lesson about [CLS] pooling from scratch. At initialisation every [CLS] vector is almost the same (section 4:
+# every cosine above 0.99; [CLS] starts as one fixed embedding and only mixes in the other tokens through
+# near-uniform attention). At 2e-3 the similarity loss then barely leaves ln(2n − 1): the scores stay equal, a
+# collapse; notebook 01's mean pooling does not have the problem, since a mean of token embeddings differs from
+# sentence to sentence from the first step. The reference never meets this: it fine-tunes a pretrained BERT (at
+# 2e-6). Exercise 2 measures the collapse.
 
 # %%
 seed_everything(cfg.seed, cfg.num_threads)
-simbert, history, parts = train_simbert(cfg, data, tokenizer, pairs=pairs, steps=STEPS, batch_size=BATCH_PAIRS)
+simbert, history, parts = train_simbert(cfg, data, tokenizer, pairs=pairs, steps=STEPS, batch_size=BATCH_PAIRS,
+                                        scale=SCALE)
 fig = plot_loss_curve(parts, reference=math.log(2 * BATCH_PAIRS - 1), reference_label="ln(2n − 1): similarity at chance")
 print(f"{history.steps} steps in {history.train_seconds:.0f} s ({1000 * history.train_seconds / history.steps:.0f} ms per step)")
 for name, curve in parts.items():
@@ -315,11 +395,15 @@ assert all(np.mean(curve[-10:]) < np.mean(curve[:10]) for curve in parts.values(
 # %% [markdown]
 # The seq2seq loss sits far above the similarity loss: it is a cross-entropy over the whole vocabulary at
 # every B token, the similarity one over the 2n − 1 rows of the batch. That is normal (bert_seq2seq #61).
-# The same small batch after training: most rows now put more of their probability on the partner than
-# on any other row, though the similarity loss is still far from 0.
+# The same small batch after training (the count of rows whose partner gets the largest probability is printed
+# below the figure):
 
 # %%
-fig = draw_similarity(simbert, "trained SimBERT: scale · cos, own row removed, partner boxed")
+fig, logits_trained = draw_similarity(simbert, f"trained SimBERT: {SCALE:g} · cos, own row removed, partner boxed")
+partner_first = int((logits_trained.argmax(-1) == torch.arange(len(logits_trained)) ^ 1).sum())
+print(f"rows whose partner gets the largest probability: {partner_first} of {len(logits_trained)} "
+      f"(untrained: {int((logits0.argmax(-1) == torch.arange(len(logits0)) ^ 1).sum())}); "
+      f"similarity loss over the last 10 steps {np.mean(parts['similarity'][-10:]):.2f}")
 
 # %% [markdown]
 # ## 8. Generation after training
@@ -333,6 +417,9 @@ sampled_after = generate(simbert, tokenizer, gen_src, do_sample=True, temperatur
 f1_after, f1_sampled = mean_token_f1(greedy_after, gen_ref), mean_token_f1(sampled_after, gen_ref)
 print(f"token F1: untrained {f1_before:.3f} → trained greedy {f1_after:.3f}, sampled {f1_sampled:.3f}; floors: "
       + ", ".join(f"{name} {f1:.3f}" for name, f1 in floors.items()))
+short = np.mean([len(out.split()) <= 3 for out in greedy_after])
+print(f"greedy outputs of at most three words: {short:.0%}; their most common output: "
+      f"{max(set(greedy_after), key=greedy_after.count)!r}")
 for i in range(3):
     print(f"\nA        : {gen_src[i]}\nreference: {gen_ref[i]}\nuntrained: {greedy_before[i]}"
           f"\ngreedy   : {greedy_after[i]}  (F1 {token_f1(greedy_after[i], gen_ref[i]):.2f})"
@@ -340,28 +427,22 @@ for i in range(3):
 
 # %%
 assert f1_after > f1_before, "generation should move towards the reference"
+below = [name for name, f1 in floors.items() if f1_after < f1]
+print(f"trained greedy F1 is below {len(below)} of the {len(floors)} floors" + (f": {', '.join(below)}" if below else ""))
 
 # %% [markdown]
-# Be honest about what this shows. The trained model's F1 is above the untrained one's, but far below both
-# floors: greedy decoding mostly says "the" or "a" and stops. These steps from scratch teach the model that a
-# few words are frequent in glosses, not how to write one, nor even the best fixed six-word bag. The benchmark's
-# longer runs from random weights say the same (`python -m course_lib.benchmark --methods simbert`, 500
-# held-out pairs, README): greedy F1 0.001 → 0.031
-# after 300 steps of 32 pairs (FAST data) and 0.001 → 0.074 after 800 (full data, "the the a the"), against
-# floors of 0.17–0.20. Meanwhile the similarity loss, in the same steps, already ranks partners (section 9):
-# generation is by far the slower of the two skills.
+# Be honest about what this shows, and read it off the numbers above: the trained model's F1 against the
+# untrained one's, against both floors, and how many greedy outputs are a word or three. Steps from scratch
+# teach the model which words are frequent in glosses long before they teach it how to write one. Section 10
+# reads the benchmark's longer runs from random weights and from a pretrained start.
 #
-# The reference never starts from scratch: it fine-tunes a pretrained BERT whose language model already knows how
-# sentences go. The benchmark's `mlm_then_simbert` does the same at our scale: notebook 03's plain MLM
-# pretraining, then SimBERT from that BERT and its LM head (`simbert_from_pretrained`). After the full preset's
-# pretraining (2,500 steps) the greedy output takes the shape of a gloss, a word list, a colon, a definition, and
-# sometimes names the sentence's own word: "a northern snowstorm" → "northern : of or relating to or
-# characteristic of the southern southern the north of a north" (reference: "northerly, northern: coming from the
-# north; used especially of wind"). Token F1 goes from 0.037 (the MLM start) to 0.120, and corpus BLEU-4
-# (`corpus_bleu`, Papineni et al., 2002), which rewards word order, from 0.000 to 0.014, where both floors score
-# 0.000: they have the right words in no order. Token F1 stays below the frequent-words floor: the definitions
-# are fluent but mostly about the wrong thing. And retrieval pays: Recall@10 0.319 against 0.379 from scratch
-# (full), 0.187 against 0.389 after FAST's 300 pretraining steps. Exercise 5 runs the FAST version.
+# The reference never starts from scratch: it fine-tunes a pretrained BERT whose language model already knows
+# how sentences go. BERT's pretraining is **masked language modelling** (MLM; Devlin et al., 2019, §3.1): hide
+# a share of the words of raw text and train the encoder, through the LM head, to predict them from the rest.
+# The benchmark's `mlm_then_simbert` does the same at our scale: MLM pretraining on the corpus's glosses and the
+# training sentences (`course_lib.retromae.pretrain` with `decoder=False`; notebook 03 builds it piece by
+# piece), then SimBERT from that BERT and its LM head (`simbert_from_pretrained`). Exercise 5 runs a short
+# version of it here; section 10 shows what the full preset's pretraining gives.
 #
 # Move the sliders: low temperature or small top-p approach greedy decoding; high values give more varied,
 # less faithful glosses.
@@ -386,11 +467,44 @@ for text, score in similar_sentences(simbert, tokenizer, query, candidates, k=6)
     print(f"{score:.3f} {'✓' if test_sense[text] == test_sense[query] else ' '} {text}")
 
 # %% [markdown]
-# The cosines are all high and close together: after so short a training the sentence vectors still sit in
-# a narrow cone (the near-identical vectors of section 4, spread a little but not much). For search only their
-# order matters, and here the hits tend to share a *word* with the query rather than its sense (✓ marks the
-# ones that do share it): a hard test, since two example sentences of one sense rarely share words, and a
-# short training mostly teaches surface overlap.
+# What do the hits have in common with their query? Over all `N_GEN` held-out queries, take each one's five
+# nearest test sentences and count how many share a *word* with the query (leaving out the 50 most frequent
+# words of the training sentences, "the", "of", …) and how many share its *sense*; next to them, the same two
+# shares over all candidates, what five random picks would give on average.
+
+# %%
+stop = set(frequent_words([p.a for p in pairs], 50).split())
+content = [set(re.findall(r"\w+", t.lower())) - stop for t in candidates]  # each candidate's rarer words
+position = {t: i for i, t in enumerate(candidates)}
+query_rows = [position[q] for q in gen_src]  # the held-out queries are test sentences too
+
+
+def hit_shares(model, k=5):
+    """(share of hits with a rarer word in common with their query, share with the query's sense) over the
+    k nearest test sentences of each held-out query, by the model's sentence vectors."""
+    emb = encode(model, tokenizer, candidates, max_length=cfg.max_query_len)  # (N, H), unit vectors
+    scores = emb[query_rows] @ emb.T  # (Q, N)
+    scores[range(len(query_rows)), query_rows] = -math.inf  # not the query itself
+    hits = [(i, j) for i, row in zip(query_rows, scores.topk(k).indices.tolist()) for j in row]
+    return (np.mean([bool(content[i] & content[j]) for i, j in hits]),
+            np.mean([test_sense[candidates[i]] == test_sense[candidates[j]] for i, j in hits]))
+
+
+everyone = [(i, j) for i in query_rows for j in range(len(candidates)) if j != i]
+chance = (np.mean([bool(content[i] & content[j]) for i, j in everyone]),
+          np.mean([test_sense[candidates[i]] == test_sense[candidates[j]] for i, j in everyone]))
+shares = {"untrained": hit_shares(model0), "trained": hit_shares(simbert), "all candidates": chance}
+for key, (word, sense) in shares.items():
+    print(f"{key:>15}: share a rarer word {word:.1%}, share the sense {sense:.1%}")
+word, sense = shares["trained"]
+print(f"→ the trained model's hits share a rarer word with their query {'more' if word > sense else 'less'} often "
+      f"than its sense ({word / chance[0]:.1f}× and {sense / chance[1]:.1f}× the random rates)")
+
+# %% [markdown]
+# The two shares say what the order of the hits has picked up so far: whether they share a word with the query
+# more often than its sense, and how far each is above the random rate. Surface overlap and sense are different
+# things to learn: two example sentences of one sense need not share a word, and two that share a word need not
+# share a sense (the corpus is built from polysemous words, notebook 00).
 #
 # **Sense retrieval at equal budget.** The in-batch model of notebook 01 trains on the same pairs with the
 # same number of steps and pairs per batch (mean pooling, τ = 0.05, one direction, its own lr `cfg.lr`, 2e-3 in FAST).
@@ -402,31 +516,97 @@ seed_everything(cfg.seed, cfg.num_threads)
 in_batch, h_in_batch = train_in_batch(cfg, data, tokenizer, steps=STEPS, batch_size=BATCH_PAIRS)
 _, test_texts, test_relevant = data.split_items("test")
 bm25_ranked, _ = BM25(data.corpus).search(test_texts, max(KS))
+SIMBERT_RUN, IN_BATCH_RUN = f"SimBERT ({STEPS} steps)", f"in-batch ({STEPS} steps)"
 results = {
     "untrained SimBERT": test_metrics(model0),
-    f"SimBERT ({STEPS} steps)": test_metrics(simbert),
-    f"in-batch ({STEPS} steps)": test_metrics(in_batch),
+    SIMBERT_RUN: test_metrics(simbert),
+    IN_BATCH_RUN: test_metrics(in_batch),
     "bm25": retrieval_metrics(bm25_ranked, test_relevant, KS),
 }
 for name, m in results.items():
     print(f"{name:>22}: R@1 {m['recall@1']:.3f}  R@10 {m['recall@10']:.3f}  MRR@10 {m['mrr@10']:.3f}")
 print(f"training time: SimBERT {history.train_seconds:.0f} s, in-batch {h_in_batch.train_seconds:.0f} s")
+gap = results[SIMBERT_RUN]["recall@10"] - results[IN_BATCH_RUN]["recall@10"]
+best_dense = max(results[SIMBERT_RUN]["recall@10"], results[IN_BATCH_RUN]["recall@10"])
+print(f"this run ({cfg.preset}, one seed): SimBERT − in-batch R@10 {gap:+.3f} (one seed: no ordering claimed; "
+      f"section 10 has the benchmark's seeds); BM25 − the better dense model {results['bm25']['recall@10'] - best_dense:+.3f}")
 fig = plot_recall_at_k(results, title=f"Test split ({cfg.preset}, {len(test_texts)} queries)")
 
 # %%
-assert results[f"SimBERT ({STEPS} steps)"]["recall@10"] > results["untrained SimBERT"]["recall@10"]
+assert results[SIMBERT_RUN]["recall@10"] > results["untrained SimBERT"]["recall@10"]
 
 # %% [markdown]
 # SimBERT's author calls retrieval a by-product of a synonym generator, trained with no special care for
-# negatives and usually weaker than a retriever trained for the job (simbert issue #10). In this short FAST
-# run the two dense models are close (printed above); in the benchmark's longer runs (README) the in-batch
-# model is ahead: Recall@10 0.526 vs 0.389 (FAST, 300 steps) and 0.455 vs 0.379 (full, 800 steps), with its
-# batches of 64 pairs against SimBERT's 32. BM25 stays
-# far ahead of both in FAST mode: an example sentence almost always contains one of its gloss's words, and
-# the FAST corpus holds few synsets per word (notebook 00). What SimBERT adds is the generator: the same
-# weights that embed a sentence learn to write a gloss for it.
+# negatives and usually weaker than a retriever trained for the job (simbert issue #10). One run of each
+# cannot order the two dense models here; section 10 does it with the benchmark's longer runs. BM25 is strong
+# on this data in FAST mode (the gap is printed above): an example sentence almost always contains one of its
+# gloss's words, and the FAST corpus holds few synsets per word (notebook 00). What SimBERT adds is the
+# generator: the same weights that embed a sentence learn to write a gloss for it.
+#
+# ## 10. At full scale
+#
+# The benchmark (`python -m course_lib.benchmark`) trains the same recipes longer: SimBERT from random weights
+# (`simbert`), SimBERT from an MLM start (`mlm_then_simbert`) and notebook 01's in-batch model (`in_batch`),
+# each at its preset's steps and batch (printed). The numbers below are read from the repository's
+# `results/*/results.json`, with the command, the number of seeds, the commit and the date that produced them;
+# mean ± standard deviation over seeds where there are several. An ordering is stated only where the gap
+# exceeds the larger of the two spreads; an entry with one seed gets "one seed: no ordering claimed". Generation
+# scores are those of the first seed's run. The notebook stops here if an entry was produced under a
+# configuration that no longer matches its preset (`course_lib.provenance`; `tests/test_provenance.py` checks
+# every entry).
+
+# %%
+BENCH = {"in_batch": "in-batch (notebook 01)", "simbert": "SimBERT, random start", "mlm_then_simbert": "SimBERT, MLM start",
+         "bm25": "BM25"}
+
+
+def origin(m):
+    """Commit and date of a stored entry; entries stored before the benchmark recorded them name the commit
+    that first stored their numbers (``config_source``)."""
+    if "commit" in m:
+        return f"commit {m['commit']}, {m['date']}"
+    return f"first stored at commit {m['config_source'].split()[-1]}, date not recorded"
+
+
+for preset in ("fast", "full"):
+    stored = stored_results(preset)
+    missing = [n for n in BENCH if n not in stored]
+    assert not missing, f"results/{preset}/results.json lacks {missing}: run the benchmark command printed below"
+    stale = stale_methods(preset, {"methods": {n: stored[n] for n in BENCH}})
+    assert not stale, f"results/{preset}/results.json: entries made under another configuration: {stale}; re-run them"
+    print(f"\n{preset}: python -m course_lib.benchmark --preset {preset} --out results/{preset} "
+          f"--methods {' '.join(BENCH)} --seeds N --merge")
+    for n, label in BENCH.items():
+        m = stored[n]
+        if n == "bm25":
+            budget = "no training, no seed"
+        else:
+            per_step = m["config"]["batch_size" if n == "in_batch" else "simbert_pairs"]
+            budget = f"{m['steps']} steps of {per_step} pairs; {len(m.get('seeds', [0]))} seed(s)"
+        print(f"  {label:>24}: R@10 {mean_sd(m, 'recall@10'):>15}  MRR@10 {mean_sd(m, 'mrr@10'):>15}  "
+              f"({budget}; {origin(m)})")
+    for a, b in (("in_batch", "simbert"), ("mlm_then_simbert", "simbert")):
+        gap, verdict = ordering(stored[a], stored[b])
+        print(f"  {BENCH[a]} vs {BENCH[b]}: R@10 {gap:+.3f}, {verdict}")
+    for n in ("simbert", "mlm_then_simbert"):
+        g = stored[n]["generation"]
+        print(f"  generation, {BENCH[n]} ({g['start']}; {g['pairs']} held-out pairs, first seed): token F1 "
+              f"{g['token_f1_before']:.3f} → {g['token_f1_after']:.3f}, BLEU-4 {g['bleu_before']:.3f} → "
+              f"{g['bleu_after']:.3f}; floors F1 / BLEU-4: copy the input {g['token_f1_copy_input']:.3f} / "
+              f"{g['bleu_copy_input']:.3f}, frequent words {g['token_f1_frequent_words']:.3f} / {g['bleu_frequent_words']:.3f}")
+        best = max(g["examples"], key=lambda e: token_f1(e["after"], e["reference"]))
+        print(f"    e.g. {best['a']!r} → {best['after']!r} (reference {best['reference']!r})")
 
 # %% [markdown]
+# How to read it. The retrieval lines answer "does the generator's training help or hurt the retriever?"
+# (SimBERT against notebook 01's in-batch model, which in the benchmark also gets the preset's larger batch)
+# and "does a pretrained start help SimBERT retrieve?"; the verdicts are computed, so they hold for whatever the
+# results file holds. The generation lines compare a random start with an MLM start on token F1 and on
+# **BLEU-4** (corpus BLEU, `course_lib.metrics.corpus_bleu`: the geometric mean of 1- to 4-word-sequence
+# precisions, times a penalty for short outputs), which rewards word order where token F1 counts a bag of words:
+# both floors, having the right words in no order, score near 0 on it. They are one seed each, so they show
+# what one run produced, not an ordering.
+#
 # ## Summary
 #
 # - The UniLM mask is one comparison on the running sum of segment ids, plus the padding term; transformers
@@ -435,44 +615,54 @@ assert results[f"SimBERT ({STEPS} steps)"]["recall@10"] > results["untrained Sim
 #   forward pass serves both the seq2seq and the similarity loss.
 # - Similarity: linear pooler, L2 norm, scale 30, own row removed before scaling, partner i XOR 1 as target;
 #   every row is a query and a candidate.
-# - Seq2seq: cross-entropy over the B tokens only, final [SEP] included, each from the position before it.
-# - One small model generates (greedy or sampled) and retrieves; generation needs far more training than
-#   retrieval: from scratch, at this size and budget, it learns gloss word frequencies, not glosses (below the
-#   frequent-words floor), and trained longer, the plain in-batch model retrieves better (README results).
-# - Generation wants a pretrained language model, as in the reference: from the full preset's MLM start the
-#   output is gloss-shaped and beats both floors on BLEU-4, though not on token F1; after FAST's 300
-#   pretraining steps token F1 reaches 0.103 (0.031 from scratch, benchmark) while BLEU-4 stays at 0.000.
+# - Seq2seq: cross-entropy over the B tokens only, final [SEP] included, each from the position before it,
+#   through the LM head tied to the embedding table.
+# - One small model generates (greedy or sampled) and retrieves. From scratch, at this size and budget, its
+#   generator learns gloss word frequencies before glosses (section 8 prints how it compares with the floors);
+#   section 10 reads the benchmark's verdicts on retrieval and its generation scores from an MLM start.
 # - Score generated text against floors (copy the input, frequent words), not only against the untrained
 #   model: "better than random" is easy. A bag-of-words score (token F1) and an order-aware one (BLEU) can
 #   disagree; report both.
 #
 # ## Exercises
 #
-# 1. **Pads that leak.** Build the bias from the cumsum rule alone (`raw` in section 2) for `small`, replace
-#    the pad ids of the shortest row by random token ids, and run `model0.bert(input_ids=…, attention_mask=
-#    attention_bias(raw), token_type_ids=…)`. Check that the final [SEP]'s output now depends on the pads
-#    while the library mask's does not: `assert not torch.allclose(raw_a, raw_b) and torch.allclose(lib_a, lib_b)`.
-# 2. **Collapse.** Train again at notebook 01's learning rate:
-#    `m_hot, _, parts_hot = train_simbert(cfg.replace(simbert_lr=2e-3), data, tokenizer, pairs=pairs, steps=STEPS, batch_size=BATCH_PAIRS)`.
-#    Check that the similarity loss stays near chance:
-#    `assert np.mean(parts_hot["similarity"][-10:]) > 0.9 * math.log(2 * BATCH_PAIRS - 1)`, and look at
-#    `draw_similarity(m_hot, "lr 2e-3")`. Then train notebook 01's model with `cfg.replace(pooling="cls")`:
-#    the same collapse, without any seq2seq loss.
-# 3. **Example ↔ example pairs.** Train on two example sentences of the same sense instead of example ↔ gloss:
-#    `m_ex, _, _ = train_simbert(cfg, data, tokenizer, pairs=make_pairs(data, "example"), steps=STEPS, batch_size=BATCH_PAIRS)`.
-#    Check it still learns to retrieve glosses it never saw paired with a sentence:
-#    `assert test_metrics(m_ex)["recall@10"] > results["untrained SimBERT"]["recall@10"]`. Is it better or
-#    worse than the gloss-paired model, and why might that be?
-# 4. **Diversity.** Sample ten outputs for `gen_src[0]` (seeds 0–9, `top_p=1.0`) at temperature 0.3 and at
-#    1.5. Check: `assert len(set(hot)) >= len(set(cold))`. Then compare their mean token F1 against
+# Each exercise names a function to write and a check to run; `tests/test_notebook02_exercises.py` keeps a
+# worked solution of each, and CI runs the checks on it and on the unsolved stub.
+#
+# 1. **Pads that leak.** Write `final_sep_output(mask, pad_seed)`: copy `small["input_ids"]`, replace the pad ids
+#    of row `r` (the shortest row, section 2) by random regular token ids (`torch.randint(len(tokenizer.
+#    all_special_ids), len(tokenizer), …, generator=torch.Generator().manual_seed(pad_seed))`), run
+#    `model0.bert(input_ids=…, attention_mask=attention_bias(mask), token_type_ids=small["token_type_ids"])` and
+#    return the output at row `r`, position `last` (its final [SEP]). Check that the final [SEP] reads the pads
+#    under the cumsum rule alone and not under the full mask: `assert not torch.allclose(final_sep_output(raw, 0),
+#    final_sep_output(raw, 1)) and torch.allclose(final_sep_output(my_mask, 0), final_sep_output(my_mask, 1), atol=1e-6)`.
+# 2. **Collapse.** Write `similarity_after(lr)`: seed with `seed_everything(cfg.seed, cfg.num_threads)`, train
+#    SimBERT as section 7 does but with `cfg.replace(simbert_lr=lr)`, and return the mean similarity loss of
+#    the last 10 steps. Check that notebook 01's learning rate leaves it near chance while ours does not:
+#    `assert similarity_after(2e-3) > 0.95 * math.log(2 * BATCH_PAIRS - 1) > similarity_after(cfg.simbert_lr)`.
+#    Then train notebook 01's model with `cfg.replace(pooling="cls")`: is it the same collapse, without any
+#    seq2seq loss?
+# 3. **Example ↔ example pairs.** Write `train_on_examples()`: seed, then train SimBERT as section 7 does but on
+#    pairs of two example sentences of the same sense, `make_pairs(data, "example")`, and return the model. It
+#    never sees a gloss. Check that gloss retrieval suffers: `m_ex = train_on_examples()`, then
+#    `assert test_metrics(m_ex)["recall@10"] < results[SIMBERT_RUN]["recall@10"]`. Then look at what it was
+#    trained for, `hit_shares(m_ex)` against `shares["untrained"]`: did it learn to find sentences of the same
+#    sense at this budget? Compare its similarity loss curve with section 7's; what might make example pairs
+#    harder to learn from than example ↔ gloss pairs?
+# 4. **Diversity.** Write `distinct_words(temperature)`: sample ten outputs of `simbert` for `gen_src[0]` (seeds
+#    0–9 via `generator=torch.Generator().manual_seed(seed)`, `top_p=1.0`, `no_repeat_ngram_size=2`) at that
+#    temperature, and return how many distinct words they use together. Check:
+#    `assert distinct_words(1.5) > 2 * distinct_words(0.3)`. Then compare the two sets' mean token F1 against
 #    `gen_ref[0]`: does diversity cost faithfulness here?
-# 5. **A pretrained start.** Pretrain notebook 03's plain MLM for the preset's steps (300 in FAST, about a
-#    minute; 2,500 in full, about 12 minutes) and train SimBERT from it at `cfg.finetune_lr` (1e-3, notebook
-#    03's fine-tuning lr for a pretrained start, as the benchmark's `mlm_then_simbert` does). With `from course_lib.retromae import pretrain, pretrain_texts`
-#    and `from course_lib.simbert import simbert_from_pretrained`: `seed_everything(cfg.seed, cfg.num_threads)`,
-#    `mlm, _, _ = pretrain(cfg, pretrain_texts(data), tokenizer, decoder=False)`, then
-#    `m_pre, _, _ = train_simbert(cfg.replace(simbert_lr=cfg.finetune_lr), data, tokenizer, pairs=pairs, model=simbert_from_pretrained(mlm), steps=STEPS, batch_size=BATCH_PAIRS)`.
-#    Check that its greedy glosses beat the from-scratch model's:
+# 5. **A pretrained start.** Section 8 described MLM pretraining; run a short one and start SimBERT from it.
+#    Write `pretrained_start()`: `seed_everything(cfg.seed, cfg.num_threads)`; `mlm, _, _ = pretrain(cfg,
+#    pretrain_texts(data), tokenizer, decoder=False, steps=300, batch_size=32)` (with `from course_lib.retromae
+#    import pretrain, pretrain_texts`; about half a minute on 2 cores; the benchmark's FAST run does 300 steps
+#    of 64); then train SimBERT as section 7 does but from `model=simbert_from_pretrained(mlm)` (`from
+#    course_lib.simbert import simbert_from_pretrained`) at `cfg.replace(simbert_lr=cfg.finetune_lr)`, the lr the
+#    benchmark's `mlm_then_simbert` uses for a pretrained start; return the model. Check that its greedy glosses
+#    beat the from-scratch model's: `m_pre = pretrained_start()`, then
 #    `assert mean_token_f1(generate(m_pre, tokenizer, gen_src, no_repeat_ngram_size=2), gen_ref) > f1_after`.
-#    Read a few outputs, and its `test_metrics(m_pre)`: what did FAST's 300 pretraining steps do to retrieval
-#    (notebook 03, section 7, meets the same thing)?
+#    How much of that gain is the MLM start alone (generate from `simbert_from_pretrained(mlm)` before any
+#    SimBERT step)? Read a few outputs, and `test_metrics(m_pre)`: what did so short a pretraining do to
+#    retrieval (notebook 03, section 7, meets the same thing)?
