@@ -309,9 +309,12 @@ assert torch.allclose(cbb, reference, rtol=1e-6)
 
 # %%
 _, minilm_docs, minilm_queries = minilm_embeddings(data, "test")  # (N, 384), (Q, 384)
-small = scaling_curve(list(SEARCH_SIZES), minilm_docs, minilm_queries[:200], M=cfg.hnsw_m, ef_construction=64,
+small = scaling_curve(list(SEARCH_SIZES), minilm_docs, minilm_queries[:200], M=cfg.hnsw_m, ef_construction=64, efs=(16, 32, 64, 128),
                       ef=cfg.hnsw_ef_search, repeats=1, log=print)
 print("crossover (first size where HNSW is faster at recall@10 ≥ 0.98 of exact):", crossover(small))
+fig = plot_search_scaling(small)
+fig.suptitle(f"computed here: MiniLM embeddings of the {cfg.preset} corpus, grown by perturbed copies")
+plt.show()
 stored_curve = json.loads((RESULTS_DIR / "full" / "search_scaling.json").read_text())
 print(f"stored full curve: commit {stored_curve['commit']}, {stored_curve['date']}, {stored_curve['machine']}")
 print("how the larger corpora were made:", stored_curve["copies"]["how"])
