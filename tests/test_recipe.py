@@ -59,7 +59,11 @@ def test_interrupted_run_resumes_to_the_same_metrics(small_folder, tmp_path):
     resumed = run(recipe_command(small_folder, out))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", out))
-    assert a["metrics"] == b["metrics"]
+    # exact search is deterministic; hnswlib inserts with 2 threads in a nondeterministic order, so the HNSW
+    # graph (and its recall) may differ slightly between two builds of the same vectors
+    assert {k: v for k, v in a["metrics"].items() if k != "test_hnsw"} == \
+        {k: v for k, v in b["metrics"].items() if k != "test_hnsw"}
+    assert all(abs(a["metrics"]["test_hnsw"][k] - b["metrics"]["test_hnsw"][k]) < 0.02 for k in a["metrics"]["test"])
     assert a["plan"] == b["plan"] and a["mining_events"] == [e | {"seconds": x["seconds"]} for e, x in
                                                               zip(b["mining_events"], a["mining_events"])]
     assert any(e["event"] == "mine" for e in a["mining_events"]), "the run should mine hard negatives"
