@@ -19,7 +19,7 @@
 # idioms against character BM25; the recipe on a folder in the documented layout; a sentence-transformers round
 # trip; a widget that compares two methods' top-k for any query you type.
 #
-# **Run time:** FAST preset about 80 s on 2 CPU cores (three short recipe runs); the full preset runs the same cells at
+# **Run time:** FAST preset about 60 s on 2 CPU cores (three short recipe runs; measured 56 s); the full preset runs the same cells at
 # larger step counts (about 15 minutes); the 30-minute recipe runs belong to the benchmark
 # (`python -m course_lib.benchmark --preset full --methods full_recipe`), whose results section 3 reads.
 #
@@ -56,19 +56,19 @@ from course_lib.widgets import compare_topk
 # %% tags=["parameters"]
 PRESET = None  # None: FAST unless the environment sets COURSE_FAST=0; or "fast" / "full"
 PRETRAIN = "mlm"  # the recipe's pretraining: "mlm", "retromae" or None (notebook 03 weighs them)
-PRETRAIN_STEPS = None  # None: 20 in FAST, 300 in full
-FINETUNE_STEPS = None  # None: 40 in FAST, 800 in full
-BATCH_SIZE = 64  # pairs per fine-tuning step (the benchmark's recipe uses 128)
+PRETRAIN_STEPS = None  # None: 10 in FAST, 300 in full
+FINETUNE_STEPS = None  # None: 30 in FAST, 800 in full
+BATCH_SIZE = 32  # pairs per fine-tuning step (the benchmark's recipe uses 128)
 DYNAMIC_CHECKS = None  # Conan's re-mining checks after the first mining; None: 0 in FAST, 3 in full (as the benchmark)
-FOLDER_DOCS = 600  # documents in the folder that section 5 writes, as a user's data set in miniature
+FOLDER_DOCS = 400  # documents in the folder that section 5 writes, as a user's data set in miniature
 QUERY = "he sat on the bank of the river"  # the widget's first query
 
 # %%
 cfg = get_config(PRESET)
 FAST = cfg.preset == "fast"
-PRETRAIN_STEPS = PRETRAIN_STEPS or (20 if FAST else 300)
+PRETRAIN_STEPS = PRETRAIN_STEPS or (10 if FAST else 300)
 DYNAMIC_CHECKS = DYNAMIC_CHECKS if DYNAMIC_CHECKS is not None else (0 if FAST else 3)
-FINETUNE_STEPS = FINETUNE_STEPS or (40 if FAST else 800)
+FINETUNE_STEPS = FINETUNE_STEPS or (30 if FAST else 800)
 seed_everything(cfg.seed, cfg.num_threads)
 data = load_dataset("wordnet", cfg.preset)
 tokenizer = load_tokenizer(data, cfg.vocab_size)
