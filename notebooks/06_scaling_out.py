@@ -316,9 +316,9 @@ fig = plot_search_scaling(small)
 fig.suptitle(f"computed here: MiniLM embeddings of the {cfg.preset} corpus, grown by perturbed copies")
 plt.show()
 stored_path = RESULTS_DIR / "full" / "search_scaling.json"
-if not stored_path.exists():  # said, not hidden: the full curve takes about an hour on 2 cores
+if not stored_path.exists():  # said, not hidden: the full curve takes 20 minutes on 2 idle cores
     print(f"{stored_path} is not in this checkout yet: python -m course_lib.search_scaling --preset full "
-          f"--out {stored_path.relative_to(RESULTS_DIR.parent)} (about an hour on 2 cores) produces it")
+          f"--out {stored_path.relative_to(RESULTS_DIR.parent)} (20 minutes on 2 idle cores, plus ~10 to train the encoder the first time) produces it")
 else:
     stored_curve = json.loads(stored_path.read_text())
     print(f"stored full curve: commit {stored_curve['commit']}, {stored_curve['date']}, {stored_curve['machine']}")

@@ -233,3 +233,32 @@ def test_replot_needs_the_json(tmp_path, base, queries):
     out.write_text(json.dumps({"curve": curve, "params": {"min_recall": 0.98}}))
     ss.main(["--out", str(out), "--replot"])
     assert (tmp_path / "s.png").stat().st_size > 10_000
+
+
+def test_run_saves_each_size_and_resumes_only_the_missing_ones(tmp_path, monkeypatch, base, queries):
+    """An interrupted run keeps the sizes it finished in ``out.partial``; ``resume`` measures only the rest, and a
+    partial file made with other settings is refused."""
+    emb = {"doc_ids": [f"d{i}" for i in range(len(base))], "docs": base, "queries": queries,
+           "relevant": [[f"d{i}"] for i in range(len(queries))], "meta": {"steps": 0}, "path": tmp_path / "e.npz"}
+    monkeypatch.setattr(ss, "real_embeddings", lambda preset: emb)
+    measured, real_curve = [], ss.scaling_curve
+
+    def counting(sizes, *args, **kwargs):
+        if sizes == [300] and "crash" not in measured:
+            measured.append("crash")
+            raise KeyboardInterrupt  # the first run dies on its second size
+        measured.extend(sizes)
+        return real_curve(sizes, *args, **{**kwargs, "log": None})
+
+    monkeypatch.setattr(ss, "scaling_curve", counting)
+    out = tmp_path / "curve.json"
+    with pytest.raises(KeyboardInterrupt):
+        ss.run("fast", out, [100, 300], threads=1)
+    partial = tmp_path / "curve.json.partial"
+    assert [r["n"] for r in json.loads(partial.read_text())["curve"]] == [100] and not out.exists()
+    result = ss.run("fast", out, [100, 300], threads=1, resume=True)
+    assert measured == [100, "crash", 300]  # 100 was not measured again
+    assert [r["n"] for r in result["curve"]] == [100, 300] and not partial.exists() and out.is_file()
+    partial.write_text(json.dumps({"preset": "fast", "params": {"M": 1}, "noise": 1.0, "curve": []}))
+    with pytest.raises(ValueError, match="other settings"):
+        ss.run("fast", out, [100, 300], threads=1, resume=True)
