@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
+from course_lib import grown_corpus as gc
 from course_lib import search_scaling as ss
 
 DIM = 32
@@ -35,45 +36,45 @@ def queries():
 
 
 def test_nearest_neighbour_distances_match_brute_force(base):
-    d = ss.nearest_neighbour_distances(base, chunk=64)
+    d = gc.nearest_neighbour_distances(base, chunk=64)
     full = np.linalg.norm(base[:, None] - base[None], axis=2)
     np.fill_diagonal(full, np.inf)
     assert np.allclose(d, full.min(axis=1), atol=1e-3)
     dup = np.concatenate([base[:5], base[:1]])  # a duplicate is skipped, not a zero distance
-    assert (ss.nearest_neighbour_distances(dup) > 0).all()
+    assert (gc.nearest_neighbour_distances(dup) > 0).all()
     with pytest.raises(ValueError, match="no distinct neighbour"):
-        ss.nearest_neighbour_distances(np.repeat(base[:1], 4, axis=0))
+        gc.nearest_neighbour_distances(np.repeat(base[:1], 4, axis=0))
 
 
 def test_grow_corpus_subset_below_the_real_size(base):
-    corpus, source = ss.grow_corpus(base, 200, seed=3)
+    corpus, source = gc.grow_corpus(base, 200, seed=3)
     assert corpus.shape == (200, DIM) and corpus.dtype == np.float32 and source.shape == (200,)
     assert len(set(source.tolist())) == 200 and np.array_equal(corpus, base[source])
 
 
 def test_grow_corpus_shape_determinism_and_normalisation(base):
-    corpus, source = ss.grow_corpus(base, 2300, seed=0)
+    corpus, source = gc.grow_corpus(base, 2300, seed=0)
     assert corpus.shape == (2300, DIM) and corpus.dtype == np.float32
     assert np.allclose(np.linalg.norm(corpus, axis=1), 1, atol=1e-5)
     assert np.array_equal(np.sort(source[:500]), np.arange(500))  # every real vector first, once
     assert np.bincount(source, minlength=500).max() - np.bincount(source, minlength=500).min() <= 1  # copied evenly
-    again, again_src = ss.grow_corpus(base, 2300, seed=0)
+    again, again_src = gc.grow_corpus(base, 2300, seed=0)
     assert np.array_equal(corpus, again) and np.array_equal(source, again_src)
-    smaller, _ = ss.grow_corpus(base, 1200, seed=0)
+    smaller, _ = gc.grow_corpus(base, 1200, seed=0)
     assert np.array_equal(smaller, corpus[:1200])  # a smaller corpus is a prefix of a larger one
-    other, _ = ss.grow_corpus(base, 2300, seed=1)
+    other, _ = gc.grow_corpus(base, 2300, seed=1)
     assert not np.array_equal(other, corpus)
 
 
 def test_copies_are_near_their_source_but_not_identical(base):
-    nn = ss.nearest_neighbour_distances(base)
-    corpus, source = ss.grow_corpus(base, 1500, seed=0, noise=1.0, nn_dist=nn)
+    nn = gc.nearest_neighbour_distances(base)
+    corpus, source = gc.grow_corpus(base, 1500, seed=0, noise=1.0, nn_dist=nn)
     copies, src = corpus[500:], source[500:]
     dist = np.linalg.norm(copies - base[src], axis=1)
     assert (dist > 1e-4).all()  # not duplicates
     ratio = np.median(dist / nn[src])
     assert 0.6 < ratio < 1.2, ratio  # about one nearest-neighbour distance away, as noise=1 promises
-    closer, _ = ss.grow_corpus(base, 1500, seed=0, noise=0.25, nn_dist=nn)
+    closer, _ = gc.grow_corpus(base, 1500, seed=0, noise=0.25, nn_dist=nn)
     assert np.median(np.linalg.norm(closer[500:] - base[src], axis=1) / nn[src]) < 0.4 * ratio
 
 
@@ -89,7 +90,7 @@ def test_copies_are_near_their_source_but_not_identical(base):
 def test_grow_corpus_bad_inputs(base, kwargs, match):
     n = kwargs.pop("n")
     with pytest.raises(ValueError, match=match):
-        ss.grow_corpus(base, n, **kwargs)
+        gc.grow_corpus(base, n, **kwargs)
 
 
 @pytest.mark.parametrize("vectors, match", [
@@ -100,7 +101,7 @@ def test_grow_corpus_bad_inputs(base, kwargs, match):
 ])
 def test_vectors_must_be_finite_unit_rows(vectors, match):
     with pytest.raises(ValueError, match=match):
-        ss.grow_corpus(vectors, 5, seed=0)
+        gc.grow_corpus(vectors, 5, seed=0)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -222,7 +223,7 @@ def test_damaged_embeddings_cache_raises_clearly(tmp_path):
     bad = tmp_path / "in_batch-full-0.npz"
     bad.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="rebuild=True"):
-        ss._read_embeddings(bad)
+        gc._read_embeddings(bad)
 
 
 def test_replot_needs_the_json(tmp_path, base, queries):
