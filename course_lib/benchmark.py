@@ -124,6 +124,8 @@ def to_markdown(results: dict) -> str:
         if "spread" in m:  # mean ± sample standard deviation over seeds
             cells = [f"{cell} ± {m['spread'][c]:.3f}" if c in m["spread"] else cell for c, cell in zip(cols, cells)]
             cells[-1] += f" ×{len(m['seeds'])} seeds"
+        if m.get("capped_seeds"):
+            cells[-1] += f" (capped: seed {', '.join(map(str, m['capped_seeds']))})"
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [f"\nNot run on this data set: {name} ({why})." for name, why in results.get("not_applicable", {}).items()]
     h = results["hnsw"]
@@ -165,6 +167,10 @@ def to_markdown(results: dict) -> str:
 
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+# The benchmark is budgeted in steps: its wall-clock caps are this many times the preset's (which guard a
+# learner's slow machine), so that a busy machine slows a run down instead of cutting it short. A run that still
+# stops at its cap is recorded (``capped_seeds``) and ``ordering`` claims nothing from it.
+CAP_FACTOR = 10
 
 
 def stored_results(preset: str) -> dict:
@@ -183,8 +189,11 @@ def mean_sd(m: dict, key: str) -> str:
 
 def ordering(a: dict, b: dict, key: str = "recall@10") -> tuple[float, str]:
     """Gap ``a − b`` of a stored metric and the verdict the course allows: "above" / "below" only when the gap
-    exceeds the larger standard deviation over seeds, else "within noise"; "one seed" when either has none."""
+    exceeds the larger standard deviation over seeds, else "within noise"; "one seed" when either has none;
+    no verdict either when a run of either stopped at its wall-clock cap (its steps then depended on the load)."""
     gap = a[key] - b[key]
+    if a.get("capped_seeds") or b.get("capped_seeds"):
+        return gap, "a run stopped at its wall-clock cap: no ordering claimed"
     if "spread" not in a or "spread" not in b:
         return gap, "one seed: no ordering claimed"
     noise = max(a["spread"][key], b["spread"][key])
@@ -202,7 +211,11 @@ def summarize_seeds(runs: list[MethodResult], seeds: list[int]) -> dict:
     if len(runs) > 1:
         entry["seeds"] = seeds
         entry["spread"] = {k: statistics.stdev(r.metrics[k] for r in runs) for k in REPORTED}
-        entry["per_seed"] = [{k: r.metrics[k] for k in REPORTED} | {"seed": s} for r, s in zip(runs, seeds)]
+        entry["per_seed"] = [{k: r.metrics[k] for k in REPORTED} | {"seed": s, "steps": r.steps, "stopped": r.stopped}
+                             for r, s in zip(runs, seeds)]
+    capped = [s for r, s in zip(runs, seeds) if "time_budget" in r.stopped]
+    if capped:  # said in results.md and by ``ordering``: such a run's numbers depend on the machine's load
+        entry["capped_seeds"] = capped
     return entry | (first.extra or {})
 
 
@@ -238,12 +251,13 @@ def run(preset: str, out: Path, methods: list[str] | None = None, merge: bool = 
         "methods": dict(previous.get("methods", {})),
     }
     hnsw_source = None  # the in_batch encoder's embeddings, else the last course encoder's
+    caps = {"train_seconds": cfg.train_seconds * CAP_FACTOR, "pretrain_seconds": cfg.pretrain_seconds * CAP_FACTOR}
     for name in names:
         t0 = time.perf_counter()
         runs = []
         for k in range(seeds):
             try:
-                r = METHODS[name](cfg.replace(seed=cfg.seed + k), data, tokenizer)
+                r = METHODS[name](cfg.replace(seed=cfg.seed + k, **caps), data, tokenizer)
             except NotApplicable as why:
                 print(f"{name:>12}: not applicable to {data.name}: {why}", flush=True)
                 results.setdefault("not_applicable", {})[name] = str(why)
@@ -257,7 +271,7 @@ def run(preset: str, out: Path, methods: list[str] | None = None, merge: bool = 
             continue
         results["methods"][name] = summarize_seeds(runs, [cfg.seed + k for k in range(len(runs))]) | {
             "wall_seconds": round(time.perf_counter() - t0, 1), "date": results["date"], "commit": results["commit"],
-            "config": recorded_config(cfg)}
+            "config": recorded_config(cfg), "wall_clock_caps": caps}
         r = runs[0]
         if r.embeddings is not None and (hnsw_source is None or hnsw_source[0] != HNSW_ENCODER):
             hnsw_source = (name, r.embeddings)

@@ -7,7 +7,7 @@ needs only a line here).
 """
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -49,6 +49,7 @@ class MethodResult:
     steps: int = 0
     embeddings: tuple | None = None  # (doc ids, doc embeddings (N, D), test-query embeddings (Q, D))
     extra: dict | None = None  # more figures for results.json (e.g. the pretraining's steps and seconds)
+    stopped: list = field(default_factory=list)  # why each training stage stopped (History.stopped)
 
 
 def _exact_metrics(doc_ids, doc_emb, q_emb, relevant) -> dict:
@@ -95,7 +96,7 @@ def _trained_result(cfg, data, tokenizer, model, history) -> MethodResult:
     _, texts, relevant = data.split_items("test")
     q_emb = encode(model, tokenizer, texts, max_length=cfg.max_query_len)  # (Q, D)
     return MethodResult(_exact_metrics(doc_ids, doc_emb, q_emb, relevant), history.train_seconds, history.steps,
-                        embeddings=(doc_ids, doc_emb, q_emb))
+                        embeddings=(doc_ids, doc_emb, q_emb), stopped=[history.stopped])
 
 
 def run_in_batch(cfg, data, tokenizer) -> MethodResult:
@@ -126,6 +127,7 @@ def _pretrain(cfg, data, tokenizer, decoder: bool):
     seed_everything(cfg.seed, cfg.num_threads)
     pretrained, h_pre, parts = pretrain(cfg, pretrain_texts(data), tokenizer, decoder=decoder, progress=False)
     return pretrained, {"pretrain_steps": h_pre.steps, "pretrain_seconds": round(h_pre.train_seconds, 1),
+                        "pretrain_stopped": h_pre.stopped,
                         "pretrain_final_losses": {k: sum(v[-50:]) / len(v[-50:]) for k, v in parts.items() if v}}
 
 
@@ -143,6 +145,7 @@ def _simbert_with_generation(cfg, data, tokenizer, model, start: str, n_gen: int
     scored = {"before": before, "after": after, "copy_input": src, "frequent_words": [common] * len(ref)}
     result = _trained_result(cfg, data, tokenizer, model, history)
     result.train_seconds += extra.get("pretrain_seconds", 0.0)
+    result.stopped = [extra["pretrain_stopped"]] * ("pretrain_stopped" in extra) + result.stopped
     result.extra = extra | {"generation": {
         "pairs": len(src),
         "start": start,
@@ -188,6 +191,7 @@ def _pretrain_then_in_batch(cfg, data, tokenizer, decoder: bool | None) -> Metho
                                     progress=False)
     result = _trained_result(cfg, data, tokenizer, model, history)
     result.train_seconds += extra["pretrain_seconds"]
+    result.stopped = [extra["pretrain_stopped"]] * ("pretrain_stopped" in extra) + result.stopped
     result.extra = extra
     return result
 

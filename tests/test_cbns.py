@@ -314,3 +314,49 @@ def test_seeds_are_summarized_as_mean_and_spread():
     assert "spread" not in single and single["recall@10"] == 0.2
     with pytest.raises(ValueError, match="seeds must be a positive int"):
         bench.run("fast", None, ["bm25"], seeds=0)
+
+
+def test_a_run_cut_short_by_its_wall_clock_cap_is_recorded_and_claims_nothing():
+    """A busy machine must not decide an ordering: a seed that stopped at its cap is listed, results.md says so,
+    and ``ordering`` gives no verdict (issue: FAST runs under load reached 122 of 300 steps)."""
+    from course_lib import benchmark as bench
+
+    runs = [bench.MethodResult({k: v for k in bench.REPORTED}, steps=s, stopped=why)
+            for v, s, why in ((0.5, 300, ["max_steps"]), (0.1, 122, ["time_budget"]))]
+    entry = bench.summarize_seeds(runs, [0, 1])
+    assert entry["capped_seeds"] == [1] and [s["steps"] for s in entry["per_seed"]] == [300, 122]
+    clean = bench.summarize_seeds([runs[0], runs[0]], [0, 1])
+    assert "capped_seeds" not in clean
+    worse = {**clean, "recall@10": 0.0, "spread": {"recall@10": 0.0}}
+    assert bench.ordering(clean, worse)[1].startswith("above")
+    assert "no ordering" in bench.ordering(entry, worse)[1] and "no ordering" in bench.ordering(worse, entry)[1]
+    pre = bench.MethodResult({k: 0.1 for k in bench.REPORTED}, steps=300, stopped=["time_budget", "max_steps"])
+    assert bench.summarize_seeds([pre], [0])["capped_seeds"] == [0]  # a capped pretraining counts too
+    row = bench.to_markdown({"preset": "fast", "dataset": "wordnet", "n_docs": 1, "n_test_queries": 1, "machine": "m",
+                             "date": "d", "methods": {"x": entry | {"train_seconds": 1.0}},
+                             "hnsw": {"params": {"M": 1, "ef_construction": 1, "ef": 1}, "n_vectors": 1,
+                                      "embeddings": "e", "recall_at_10_vs_exact": 1.0, "speedup_vs_exact": 1.0,
+                                      "hnsw_ms_per_1k_queries": 1.0, "exact_ms_per_1k_queries": 1.0}})
+    assert "(capped: seed 1)" in row
+
+
+def test_the_benchmark_budgets_in_steps_with_wide_caps(tmp_path, monkeypatch):
+    from course_lib import benchmark as bench
+
+    seen = []
+
+    def fake(cfg, data, tokenizer):
+        seen.append((cfg.seed, cfg.train_seconds, cfg.pretrain_seconds))
+        return bench.MethodResult({k: 0.5 for k in bench.REPORTED}, steps=0)
+
+    monkeypatch.setitem(bench.METHODS, "fake", fake)
+    monkeypatch.setattr(bench, "measure_hnsw", lambda *a, **k: {
+        "params": {"M": 1, "ef_construction": 1, "ef": 1}, "n_vectors": 1, "embeddings": "e",
+        "recall_at_10_vs_exact": 1.0, "speedup_vs_exact": 1.0, "hnsw_ms_per_1k_queries": 1.0,
+        "exact_ms_per_1k_queries": 1.0})
+    monkeypatch.setattr(bench, "run_untrained", lambda *a: bench.MethodResult({}, embeddings=((), None, None)))
+    results = bench.run("fast", tmp_path, ["fake"])
+    preset = bench.get_config("fast")
+    assert seen == [(preset.seed, preset.train_seconds * bench.CAP_FACTOR, preset.pretrain_seconds * bench.CAP_FACTOR)]
+    assert results["methods"]["fake"]["wall_clock_caps"]["train_seconds"] == preset.train_seconds * bench.CAP_FACTOR
+    assert results["methods"]["fake"]["config"]["train_seconds"] == preset.train_seconds  # the preset's, as recorded
