@@ -5,8 +5,9 @@ import torch
 
 from course_lib.config import get_config
 from course_lib.data import load_dataset
+from course_lib.gradcache import cached_in_batch_loss
 from course_lib.in_batch import pair_batches
-from course_lib.losses import in_batch_softmax_loss
+from course_lib.losses import in_batch_softmax_loss, similarity_logits
 from course_lib.models import make_encoder
 from course_lib.samplers import NoDuplicateBatchSampler
 from course_lib.tokenizer import load_tokenizer
@@ -34,7 +35,7 @@ def plain_gradients(model, batch):
 # exercise 1: gradient accumulation is not the in-batch loss of the whole batch ------------------------------
 
 
-def accumulated_gradients(model, batch):  # the kept solution
+def accumulated_gradients(model, batch):  # the kept solution: two halves, each its own loss, gradients averaged
     model.zero_grad(set_to_none=True)
     half = len(batch["doc_ids"]) // 2
     for part in (slice(0, half), slice(half, None)):
@@ -48,20 +49,57 @@ def accumulated_stub(model, batch):
     return plain_gradients(model, batch)
 
 
+def accumulated_summed(model, batch):  # a wrong answer the old check let through: the halves' gradients summed
+    return {n: 2 * g for n, g in accumulated_gradients(model, batch).items()}
+
+
+def accumulated_no_split(model, batch):  # another: the first half's loss only
+    model.zero_grad(set_to_none=True)
+    part = slice(0, len(batch["doc_ids"]) // 2)
+    q = model(**{k: v[part] for k, v in batch["q"].items()})
+    d = model(**{k: v[part] for k, v in batch["d"].items()})
+    in_batch_softmax_loss(q, d, temperature=CFG.temperature, doc_ids=batch["doc_ids"][part]).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def halves_reference(model, batch):  # the notebook's reference: the whole batch, scores across the halves masked
+    model.zero_grad(set_to_none=True)
+    q, d = model(**batch["q"]), model(**batch["d"])
+    logits = similarity_logits(q, d, temperature=CFG.temperature)
+    half = torch.arange(len(batch["doc_ids"])) < len(batch["doc_ids"]) // 2
+    logits = logits.masked_fill(half[:, None] != half[None, :], float("-inf"))
+    torch.nn.functional.cross_entropy(logits, torch.arange(len(half))).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
 def check_accumulated(fn, model, batch):  # the notebook's check
-    full = plain_gradients(model, batch)
+    assert len(set(batch["doc_ids"])) == len(batch["doc_ids"])
+    reference, full_grads = halves_reference(model, batch), plain_gradients(model, batch)
+    model.zero_grad(set_to_none=True)
+    cached_in_batch_loss(model, batch["q"], batch["d"], chunk_size=16, temperature=CFG.temperature,
+                         doc_ids=batch["doc_ids"])
+    gradcache = {n: p.grad.clone() for n, p in model.named_parameters()}
     got = fn(model, batch)
-    diff = max((got[n] - full[n]).abs().max() for n in full) / max(g.abs().max() for g in full.values())
-    assert diff > 1e-3
+
+    def rel(a, b):
+        return (max((a[n] - b[n]).abs().max() for n in b) / max(g.abs().max() for g in b.values())).item()
+
+    ratio = (sum((got[n] * reference[n]).sum() for n in reference) / sum((g ** 2).sum() for g in reference.values())).item()
+    assert rel(got, full_grads) > 1e-3
+    assert abs(ratio - 2) > 0.1
+    assert rel(got, reference) < 1e-4
+    assert rel(gradcache, full_grads) < 1e-5
 
 
 def test_accumulated_solution_passes(setup):
     check_accumulated(accumulated_gradients, *setup)
 
 
-def test_accumulated_stub_fails(setup):
+@pytest.mark.parametrize("wrong", [accumulated_stub, accumulated_summed, accumulated_no_split],
+                         ids=["stub", "summed", "one half"])
+def test_accumulated_wrong_answers_fail(setup, wrong):
     with pytest.raises(AssertionError):
-        check_accumulated(accumulated_stub, *setup)
+        check_accumulated(wrong, *setup)
 
 
 # exercise 2: the label offset of a gathered batch ------------------------------------------------------------
