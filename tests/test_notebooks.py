@@ -26,6 +26,15 @@ def test_outputs_are_stripped(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_names_its_kernel(path):
+    """Without a kernelspec JupyterLab asks the learner to pick a kernel ("Select Kernel") on first open."""
+    spec = json.loads(path.read_text())["metadata"].get("kernelspec", {})
+    assert spec.get("name") == "python3" and spec.get("language") == "python", (
+        f"{path.name}: metadata.kernelspec is {spec!r}; it must name the python3 kernel (.ci/run installs it), "
+        "e.g. open it in JupyterLab, pick Python 3, save, and strip the outputs again")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_paired_py_matches(path):
     twin = path.with_suffix(".py")
     assert twin.exists(), f"{path.name} has no paired {twin.name}; run jupytext --set-formats ipynb,py:percent {path}"
