@@ -27,6 +27,7 @@ plan, the seconds of every stage) and ``state/`` (checkpoints).
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import time
@@ -39,7 +40,8 @@ from course_lib.hardneg import HardNegSettings, NegativeSource, mining_pairs
 from course_lib.in_batch import _to, add_negatives
 from course_lib.losses import duplicate_mask, similarity_logits
 from course_lib.memory import MemoryBank
-from course_lib.models import encoder_from_bert, make_encoder, tokenize
+from course_lib.models import encoder_from_bert, tokenize
+from course_lib.recipe_plan import _calibration_batches, _seconds_per_step, make_plan, steps_plan  # noqa: F401
 from course_lib.retromae import make_retromae, pretrain_batches, pretrain_texts, retromae_step
 from course_lib.samplers import NoDuplicateBatchSampler
 from course_lib.train import train
@@ -51,8 +53,8 @@ PRETRAINING = (None, "mlm", "retromae")
 # per-step costs measured on an idle 2-core machine (MLM 0.31 s per step of 64 texts, 1,400 steps ≈ 7 min; a
 # B = 128 step with one hard negative per query ≈ 0.55 s, 2,000 steps ≈ 18 min; four mining events ≈ 5 min).
 # The recorded seconds say what the run took on the machine that ran it.
-BENCHMARK_BUDGET = {"fast": {"steps": {"pretrain_steps": 100, "finetune_steps": 300}},
-                    "full": {"steps": {"pretrain_steps": 1400, "finetune_steps": 2000}}}
+BENCHMARK_BUDGET = {"fast": {"steps": {"pretrain_steps": 100, "finetune_steps": 300}, "curve_every": 100},
+                    "full": {"steps": {"pretrain_steps": 1400, "finetune_steps": 2000}, "curve_every": 400}}
 
 
 @dataclass(frozen=True)
@@ -169,73 +171,6 @@ def _eval(model, tokenizer, data, cfg, split: str, index) -> dict:
     return {k: round(v, 4) for k, v in retrieval_metrics(ranked, relevant, KS).items()}
 
 
-def _seconds_per_step(model, step_fn, batches, lr: float, n: int = 3) -> float:
-    """Best-of-``n`` seconds of one optimizer step of ``step_fn`` on a throwaway copy of ``model``."""
-    probe = copy.deepcopy(model)
-    optimizer = torch.optim.AdamW(probe.parameters(), lr=lr)
-    best = float("inf")
-    for i, batch in zip(range(n + 1), batches):
-        t0 = time.perf_counter()
-        loss = step_fn(probe, batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if i:  # the first step warms up the allocator
-            best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def make_plan(settings: RecipeSettings, cfg, data, tokenizer, minutes: float, seed: int) -> dict:
-    """Step counts from the time budget: each stage's share of ``minutes``, divided by its measured seconds per
-    step; fine-tuning first sets aside the mining (each event embeds the corpus and the training queries once,
-    timed here on 1,024 texts)."""
-    from course_lib.models import encode
-
-    budget = minutes * 60.0
-    pretrain_s = budget * settings.pretrain_share if settings.pretrain else 0.0
-    plan = {"minutes": minutes, "pretrain_seconds": round(pretrain_s, 1), "pretrain_steps": 0}
-    if settings.pretrain:
-        model = make_retromae(cfg, tokenizer, decoder=settings.pretrain == "retromae")
-        batches = pretrain_batches(tokenizer, pretrain_texts(data), cfg.batch_size, cfg.max_doc_len,
-                                   generator=torch.Generator().manual_seed(seed))
-        per_step = _seconds_per_step(model, retromae_step(), batches, cfg.pretrain_lr)
-        plan |= {"pretrain_seconds_per_step": round(per_step, 4), "pretrain_steps": max(1, int(pretrain_s / per_step))}
-    model = make_encoder(cfg, tokenizer)
-    examples, pool = mining_pairs(data)
-    sample = [data.corpus[i] for i in pool[:1024]]
-    t0 = time.perf_counter()
-    encode(model, tokenizer, sample, max_length=cfg.max_doc_len)
-    per_text = (time.perf_counter() - t0) / len(sample)
-    events = 1 + (settings.dynamic_checks if settings.hard_negatives.strategy == "dynamic" else 0)
-    mining_s = events * per_text * (len(pool) + len(examples))
-    hn = settings.hard_negatives
-    source = NegativeSource(hn, examples, pool, data, tokenizer, cfg, seed)
-    source.negatives = [[pool[(r + j + 1) % len(pool)] for j in range(hn.n_mined)] for r in range(len(examples))]
-    step_fn = RecipeStep(cfg.temperature, settings.memory_size, settings.momentum, model.dim, get_device())
-    batches = _calibration_batches(source, model, examples, settings.batch_size, seed, cfg)
-    per_step = _seconds_per_step(model, step_fn, batches, settings.lr)
-    finetune_s = max(budget - pretrain_s - mining_s, per_step)
-    steps = max(settings.segment_steps, int(finetune_s / per_step))
-    start = int(steps * settings.hardneg_start)
-    check_every = max(1, (steps - start) // (settings.dynamic_checks + 1)) if settings.dynamic_checks else steps + 1
-    return plan | {"finetune_seconds_per_step": round(per_step, 4), "mining_seconds_estimate": round(mining_s, 1),
-                   "finetune_steps": steps, "hardneg_start_step": start, "check_every": check_every,
-                   "warmup_steps": int(steps * settings.warmup_fraction)}
-
-
-def _calibration_batches(source, model, examples, batch_size, seed, cfg):
-    """Batches with hard-negative columns (stand-in negatives set by ``make_plan``), for timing only."""
-    sampler = iter(NoDuplicateBatchSampler(examples, batch_size, torch.Generator().manual_seed(seed)))
-    data, tokenizer = source.data, source.tokenizer
-    for idx in sampler:
-        chosen = [examples[i] for i in idx]
-        batch = {"q": tokenize(tokenizer, [e.query for e in chosen], cfg.max_query_len),
-                 "d": tokenize(tokenizer, [data.documents[e.positive] for e in chosen], cfg.max_doc_len),
-                 "doc_ids": [e.positive for e in chosen]}
-        draw = torch.Generator().manual_seed(seed)
-        yield add_negatives(batch, source.draw(idx, source.settings.n_per_step, draw), data, tokenizer, cfg)
-
-
 def _segments(model, step_fn, batches, optimizer, *, done: int, total: int, warmup: int, segment: int, save, bar,
               grad_clip: float = 1.0) -> float:
     """Train from step ``done`` to ``total`` in segments of ``segment`` steps, one warm-up + linear-decay
@@ -281,7 +216,22 @@ def _pretrain_stage(settings, cfg, data, tokenizer, plan, state: Path, seed: int
     return model.bert, seconds
 
 
-def _finetune_stage(settings, cfg, data, tokenizer, plan, state: Path, seed: int, bert, tqdm) -> tuple:
+def _dev_point(model, tokenizer, data, cfg, step: int) -> dict:
+    """Dev metrics (exact search over the whole corpus) at fine-tuning step ``step``, and the seconds they took
+    (kept out of the training seconds)."""
+    from course_lib.index import ExactIndex
+    from course_lib.metrics import embed_corpus
+
+    t0 = time.perf_counter()
+    ids, docs = embed_corpus(model, tokenizer, data, max_length=cfg.max_doc_len)  # (N, D)
+    exact = ExactIndex(docs.shape[1])
+    exact.add(ids, docs)
+    return {"step": step, **_eval(model, tokenizer, data, cfg, "dev", exact),
+            "eval_seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _finetune_stage(settings, cfg, data, tokenizer, plan, state: Path, seed: int, bert, tqdm,
+                    curve_every: int = 0) -> tuple:
     from dataclasses import replace
 
     model = encoder_from_bert(cfg, tokenizer, bert, pooling="mean").to(get_device())
@@ -290,13 +240,13 @@ def _finetune_stage(settings, cfg, data, tokenizer, plan, state: Path, seed: int
     examples, pool = mining_pairs(data)
     source = NegativeSource(hn, examples, pool, data, tokenizer, cfg, seed)
     step_fn = RecipeStep(cfg.temperature, settings.memory_size, settings.momentum, model.dim, get_device())
-    path, done, seconds = state / "finetune.pt", 0, 0.0
+    path, done, seconds, curve = state / "finetune.pt", 0, 0.0, []
     kept = ("negatives", "miner", "refresher", "log", "seconds")
     if path.exists():
         saved = torch.load(path, weights_only=False)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        done, seconds = saved["step"], saved["seconds"]
+        done, seconds, curve = saved["step"], saved["seconds"], saved.get("curve", [])
         for name in kept:
             setattr(source, name, saved["source"][name])
         if source.miner is not None:
@@ -306,23 +256,64 @@ def _finetune_stage(settings, cfg, data, tokenizer, plan, state: Path, seed: int
     batches = finetune_batches(source, model, examples, settings.batch_size, done, seed, cfg)
 
     def save(step, new_seconds):
+        if curve_every and step % curve_every == 0 and step < total:  # the last point is the run's own dev eval
+            curve.append(_dev_point(model, tokenizer, data, cfg, step))
         _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                       "seconds": seconds + new_seconds, "source": {n: getattr(source, n) for n in kept},
-                      "memory": step_fn.memory, "key_encoder": step_fn.key_encoder}, path)
+                      "memory": step_fn.memory, "key_encoder": step_fn.key_encoder, "curve": curve}, path)
+
+    if curve_every and done == 0 and not curve and data.queries.get("dev"):
+        curve.append(_dev_point(model, tokenizer, data, cfg, 0))  # the start (pretrained or not), untuned
+    if not data.queries.get("dev"):
+        curve_every = 0
 
     with tqdm(total=total, initial=done, desc="2/3 fine-tune (in-batch + hard negatives)") as bar:
         seconds += _segments(model, step_fn, batches, optimizer, done=done, total=total, warmup=plan["warmup_steps"],
                              segment=settings.segment_steps, save=save, bar=bar)
-    return model, seconds, source
+    return model, seconds, source, curve
+
+
+def _digest(items) -> str:
+    """The first 16 hex digits of the sha256 of ``items`` (JSON lines): which data a run folder was trained on."""
+    h = hashlib.sha256()
+    for item in items:
+        h.update(json.dumps(item, ensure_ascii=False).encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def _training_pairs(data, batch_size: int, seed: int) -> list:
+    """The training pairs the recipe fine-tunes on, or a ValueError before any stage runs: none with its positive
+    in the corpus, or too few distinct positives (or queries) to fill one batch without duplicates."""
+    examples = [e for e in data.train if e.positive in data.corpus]
+    if not examples:
+        raise ValueError(f"{data.name!r} has {len(data.train)} training pairs, none with its positive in the corpus: "
+                         "the recipe fine-tunes on (query, positive) pairs, so it needs train.jsonl with corpus ids "
+                         "as positives (data/README.md's layout)")
+    try:
+        next(iter(NoDuplicateBatchSampler(examples, batch_size, torch.Generator().manual_seed(seed))))
+    except (ValueError, RuntimeError) as why:
+        n_pos, n_q = len({e.positive for e in examples}), len({e.query for e in examples})
+        raise ValueError(f"batch size {batch_size} is more than one batch of {data.name!r} can hold: no two pairs in a "
+                         f"batch may share a positive or a query (each would be a false negative of the other), and "
+                         f"its {len(examples)} training pairs have {n_pos} distinct positives and {n_q} distinct "
+                         f"queries; pass a smaller --batch-size N (RecipeSettings(batch_size=N) in Python), N at most "
+                         f"{min(n_pos, n_q)}") from why
+    return examples
 
 
 def run_recipe(data, tokenizer, cfg, out, *, minutes: float = 30.0, settings: RecipeSettings | None = None,
-               steps: dict | None = None, progress: bool = True) -> dict:
+               steps: dict | None = None, progress: bool = True, curve_every: int = 0) -> dict:
     """Run (or resume) the recipe on ``data`` into ``out`` and return ``metrics.json``'s content.
 
     ``steps`` (``{"pretrain_steps": n, "finetune_steps": m}``) skips the timing and fixes the step counts
     (tests, and exact reruns); otherwise ``minutes`` is planned as the module doc says. A second call with the
-    same ``out`` resumes; ``out`` holding a run of other settings or data raises instead."""
+    same ``out`` resumes; ``out`` holding a run of other settings, budget or data (digests of the corpus and of
+    the training pairs) raises instead, as do data without training pairs or too few for one batch.
+    ``curve_every`` > 0 records a dev learning curve (``metrics.json``'s ``dev_curve``: the start, every
+    ``curve_every`` fine-tuning steps, the end), each point exact search over the whole corpus, timed apart from
+    training; it does not change the training."""
+    if isinstance(curve_every, bool) or not isinstance(curve_every, int) or curve_every < 0:
+        raise ValueError(f"curve_every must be an int >= 0 (0: no dev curve), got {curve_every!r}")
     from tqdm.auto import tqdm as _tqdm
 
     from course_lib.export import save_sentence_transformer
@@ -330,9 +321,11 @@ def run_recipe(data, tokenizer, cfg, out, *, minutes: float = 30.0, settings: Re
     from course_lib.metrics import embed_corpus
 
     settings = settings or RecipeSettings()
+    if curve_every % settings.segment_steps:
+        raise ValueError(f"curve_every ({curve_every}) must be a multiple of segment_steps ({settings.segment_steps}): "
+                         "dev points are taken at the checkpoints")
     out = Path(out)
-    state = out / "state"
-    state.mkdir(parents=True, exist_ok=True)
+    examples = _training_pairs(data, settings.batch_size, cfg.seed)  # checked before anything is written
     seed = cfg.seed
     seed_everything(seed, cfg.num_threads)
 
@@ -340,31 +333,38 @@ def run_recipe(data, tokenizer, cfg, out, *, minutes: float = 30.0, settings: Re
         return _tqdm(disable=not progress, **kw)
 
     identity = {"data": data.name, "n_docs": len(data.corpus), "preset": cfg.preset, "seed": seed,
-                "settings": json.loads(json.dumps(asdict(settings)))}
+                "settings": json.loads(json.dumps(asdict(settings))),
+                "corpus_sha256": _digest(sorted(data.corpus.items())),
+                "train_sha256": _digest([(e.query, e.positive) for e in examples]),  # in order: it sets the batches
+                "budget": {"minutes": minutes} if steps is None else {"steps": dict(steps)}}
     plan_path = out / "plan.json"
     if plan_path.exists():
         recorded = json.loads(plan_path.read_text())
-        if recorded["identity"] != identity:
-            raise ValueError(f"{out} holds a recipe run of other data or settings ({recorded['identity']}); resume it "
-                             "with the same arguments, or choose another --out")
+        old = recorded.get("identity") if isinstance(recorded, dict) else None
+        if old != identity:
+            old = old if isinstance(old, dict) else {}
+            differ = ", ".join(sorted(k for k in identity.keys() | old.keys() if old.get(k) != identity.get(k)))
+            fix = ("it was written before runs recorded data digests, so this data cannot be checked against it: "
+                   "finish it with the course version that started it" if old and "corpus_sha256" not in old else
+                   "resume it with the same data and arguments")
+            raise ValueError(f"{out} holds a recipe run of other data or settings (differing: {differ}); {fix}, or "
+                             "choose another --out")
         plan = recorded["plan"]
     else:
-        if steps is not None:
-            hn_start = int(steps["finetune_steps"] * settings.hardneg_start)
-            checks = settings.dynamic_checks
-            plan = {"minutes": None, **steps, "hardneg_start_step": hn_start,
-                    "check_every": max(1, (steps["finetune_steps"] - hn_start) // (checks + 1)) if checks else
-                    steps["finetune_steps"] + 1, "warmup_steps": int(steps["finetune_steps"] * settings.warmup_fraction)}
-        else:
-            plan = make_plan(settings, cfg, data, tokenizer, minutes, seed)
+        plan = make_plan(settings, cfg, data, tokenizer, minutes, seed) if steps is None else \
+            steps_plan(settings, steps)
         if not settings.pretrain:
             plan["pretrain_steps"] = 0
+        out.mkdir(parents=True, exist_ok=True)
         _write_json({"identity": identity, "plan": plan}, plan_path)
+    state = out / "state"
+    state.mkdir(exist_ok=True)
     seconds = {}
     bert = None
     if settings.pretrain and plan["pretrain_steps"]:
         bert, seconds["pretrain"] = _pretrain_stage(settings, cfg, data, tokenizer, plan, state, seed, tqdm)
-    model, seconds["finetune"], source = _finetune_stage(settings, cfg, data, tokenizer, plan, state, seed, bert, tqdm)
+    model, seconds["finetune"], source, curve = _finetune_stage(settings, cfg, data, tokenizer, plan, state, seed,
+                                                                bert, tqdm, curve_every)
     seconds["mining"] = round(source.seconds, 1)
     with tqdm(total=3, desc="3/3 index and evaluate") as bar:
         t0 = time.perf_counter()
@@ -385,6 +385,8 @@ def run_recipe(data, tokenizer, cfg, out, *, minutes: float = 30.0, settings: Re
         bar.update(1)
         save_sentence_transformer(model, tokenizer, out / "model", max_seq_length=cfg.max_doc_len)
         bar.update(1)
+    if curve:
+        metrics["dev_curve"] = curve + [{"step": plan["finetune_steps"], **metrics["dev"]}]
     result = {"identity": identity, "plan": plan, "metrics": metrics, "mining_events": source.log,
               "seconds": {k: round(v, 1) for k, v in seconds.items()},
               "train_seconds": round(sum(seconds.get(k, 0.0) for k in ("pretrain", "finetune", "mining")), 1)}
@@ -407,6 +409,8 @@ def main(argv=None) -> None:
     parser.add_argument("--pretrain-steps", type=int, help="fix the step counts instead of planning --minutes")
     parser.add_argument("--finetune-steps", type=int)
     parser.add_argument("--segment-steps", type=int, default=RecipeSettings.segment_steps)
+    parser.add_argument("--curve-every", type=int, default=0,
+                        help="record a dev learning curve every N fine-tuning steps (N a multiple of --segment-steps)")
     parser.add_argument("--memory-size", type=int, default=RecipeSettings.memory_size)
     parser.add_argument("--batch-size", type=int, default=RecipeSettings.batch_size)
     args = parser.parse_args(argv)
@@ -422,7 +426,8 @@ def main(argv=None) -> None:
                               batch_size=args.batch_size)
     steps = None if args.pretrain_steps is None else {"pretrain_steps": args.pretrain_steps,
                                                       "finetune_steps": args.finetune_steps}
-    result = run_recipe(data, tokenizer, cfg, args.out, minutes=args.minutes, settings=settings, steps=steps)
+    result = run_recipe(data, tokenizer, cfg, args.out, minutes=args.minutes, settings=settings, steps=steps,
+                        curve_every=args.curve_every)
     print(json.dumps({"test": result["metrics"]["test"], "seconds": result["seconds"]}, indent=2))
 
 

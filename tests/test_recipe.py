@@ -3,6 +3,7 @@ model folder that encodes as the course does."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,9 +16,9 @@ import torch
 from course_lib.config import get_config
 from course_lib.data import load_dataset
 from course_lib.export import save_sentence_transformer
-from course_lib.folder import write_folder
+from course_lib.folder import load_folder, write_folder
 from course_lib.models import encode, make_encoder
-from course_lib.recipe import RecipeSettings
+from course_lib.recipe import RecipeSettings, main, run_recipe
 from course_lib.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,9 +31,9 @@ def small_folder(tmp_path_factory):
                         n_train=200, seed=1)
 
 
-def recipe_command(folder, out):
+def recipe_command(folder, out, *more):
     return [sys.executable, "-m", "course_lib.recipe", "--data", str(folder), "--out", str(out), "--preset", "fast",
-            "--pretrain-steps", "8", "--finetune-steps", "24", "--segment-steps", "4", "--batch-size", "16"]
+            "--pretrain-steps", "8", "--finetune-steps", "24", "--segment-steps", "4", "--batch-size", "16", *more]
 
 
 def run(cmd, **kw):
@@ -41,11 +42,11 @@ def run(cmd, **kw):
 
 
 def test_interrupted_run_resumes_to_the_same_metrics(small_folder, tmp_path):
-    whole = run(recipe_command(small_folder, tmp_path / "whole"))
+    whole = run(recipe_command(small_folder, tmp_path / "whole", "--curve-every", "8"))
     assert whole.returncode == 0, whole.stderr[-3000:]
     # the same run, killed once fine-tuning has written a checkpoint, then started again
     out = tmp_path / "killed"
-    proc = subprocess.Popen(recipe_command(small_folder, out), cwd=ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(recipe_command(small_folder, out, "--curve-every", "8"), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
     deadline = time.time() + 300
     while not (out / "state" / "finetune.pt").exists() and time.time() < deadline and proc.poll() is None:
@@ -56,9 +57,18 @@ def test_interrupted_run_resumes_to_the_same_metrics(small_folder, tmp_path):
     step = torch.load(out / "state" / "finetune.pt", weights_only=False)["step"]
     assert 0 < step < 24
     assert not (out / "metrics.json").exists()
-    resumed = run(recipe_command(small_folder, out))
+    resumed = run(recipe_command(small_folder, out, "--curve-every", "8"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", out))
+    # the dev learning curve: the start, steps 8 and 16, the end; the same points after the interruption
+    curve = [{k: v for k, v in p.items() if k != "eval_seconds"} for p in a["metrics"]["dev_curve"]]
+    assert [p["step"] for p in curve] == [0, 8, 16, 24] and curve[-1] == {"step": 24, **a["metrics"]["dev"]}
+    assert curve == [{k: v for k, v in p.items() if k != "eval_seconds"} for p in b["metrics"]["dev_curve"]]
+    # recording the curve does not change the training: a run without it ends at the same metrics
+    plain = run(recipe_command(small_folder, tmp_path / "plain"))
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    c = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert "dev_curve" not in c["metrics"] and c["metrics"]["test"] == a["metrics"]["test"]
     # exact search is deterministic; hnswlib inserts with 2 threads in a nondeterministic order, so the HNSW
     # graph (and its recall) may differ slightly between two builds of the same vectors
     assert {k: v for k, v in a["metrics"].items() if k != "test_hnsw"} == \
@@ -77,6 +87,78 @@ def test_other_settings_in_the_same_folder_are_refused(small_folder, tmp_path):
     (out / "plan.json").write_text(json.dumps({"identity": {"data": "something else"}, "plan": {}}))
     result = run(recipe_command(small_folder, out))
     assert result.returncode != 0 and "holds a recipe run of other data or settings" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def wordnet_tokenizer():
+    return load_tokenizer(load_dataset("wordnet", "fast"), CFG.vocab_size)
+
+
+TINY = RecipeSettings(pretrain=None, batch_size=8, dynamic_checks=0, segment_steps=2)  # seconds, not minutes
+
+
+def test_a_folder_without_train_jsonl_is_refused_before_anything_is_written(tmp_path, wordnet_tokenizer):
+    folder = write_folder(load_dataset("wordnet", "fast"), tmp_path / "no_train", n_docs=100, seed=1)
+    (folder / "train.jsonl").unlink()
+    data = load_folder(folder)
+    assert data.train == [] and data.corpus
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"needs train\.jsonl .*data/README\.md"):
+        run_recipe(data, wordnet_tokenizer, CFG, out, steps={"pretrain_steps": 2, "finetune_steps": 2})
+    assert not out.exists()
+
+
+def test_a_batch_larger_than_the_distinct_positives_says_which_batch_size_to_pass(tmp_path):
+    folder = write_folder(load_dataset("wordnet", "fast"), tmp_path / "few_pairs", n_docs=100, n_train=20, seed=1)
+    out = tmp_path / "run"
+    # the CLI's default --batch-size (128) against 20 training pairs
+    with pytest.raises(ValueError, match=r"pass a smaller --batch-size N .*N at most \d+$"):
+        main(["--data", str(folder), "--out", str(out), "--preset", "fast", "--pretrain-steps", "2",
+              "--finetune-steps", "2"])
+    assert not out.exists()
+
+
+def test_resuming_checks_the_data_and_the_budget(small_folder, tmp_path, wordnet_tokenizer):
+    data, out, steps = load_folder(small_folder), tmp_path / "run", {"pretrain_steps": 0, "finetune_steps": 4}
+    first = run_recipe(data, wordnet_tokenizer, CFG, out, steps=steps, settings=TINY, progress=False)
+    assert len(first["identity"]["corpus_sha256"]) == len(first["identity"]["train_sha256"]) == 16
+    again = run_recipe(data, wordnet_tokenizer, CFG, out, steps=steps, settings=TINY, progress=False)
+    assert again["metrics"]["test"] == first["metrics"]["test"]  # the same data and arguments resume
+    # the same folder with one document edited, or one training pair dropped: refused, naming what differs
+    edited = tmp_path / "edited"
+    shutil.copytree(small_folder, edited)
+    lines = (edited / "corpus.jsonl").read_text().splitlines(keepends=True)
+    row = json.loads(lines[0])
+    lines[0] = json.dumps(row | {"text": row["text"] + " (edited)"}) + "\n"
+    (edited / "corpus.jsonl").write_text("".join(lines))
+    edited_data = load_folder(edited)
+    edited_data.name = data.name  # a folder edited in place keeps its name
+    with pytest.raises(ValueError, match=r"other data or settings \(differing: corpus_sha256\); resume it with"):
+        run_recipe(edited_data, wordnet_tokenizer, CFG, out, steps=steps, settings=TINY, progress=False)
+    fewer = load_folder(small_folder)
+    fewer.train = fewer.train[1:]
+    with pytest.raises(ValueError, match=r"differing: train_sha256\)"):
+        run_recipe(fewer, wordnet_tokenizer, CFG, out, steps=steps, settings=TINY, progress=False)
+    # other step counts, or a time budget instead of them
+    with pytest.raises(ValueError, match=r"differing: budget\)"):
+        run_recipe(data, wordnet_tokenizer, CFG, out, steps=steps | {"finetune_steps": 6}, settings=TINY)
+    with pytest.raises(ValueError, match=r"differing: budget\)"):
+        run_recipe(data, wordnet_tokenizer, CFG, out, minutes=10, settings=TINY)
+    # a run planned from --minutes 10 resumes with --minutes 10 only
+    recorded = json.loads((out / "plan.json").read_text())
+    recorded["identity"]["budget"] = {"minutes": 10}
+    (out / "plan.json").write_text(json.dumps(recorded))
+    with pytest.raises(ValueError, match=r"differing: budget\)"):
+        run_recipe(data, wordnet_tokenizer, CFG, out, minutes=20, settings=TINY)
+    resumed = run_recipe(data, wordnet_tokenizer, CFG, out, minutes=10, settings=TINY, progress=False)
+    assert resumed["plan"] == first["plan"] and resumed["metrics"]["test"] == first["metrics"]["test"]
+    # a plan.json written before the digests were recorded: the same clear refusal, not a KeyError
+    for key in ("corpus_sha256", "train_sha256", "budget"):
+        del recorded["identity"][key]
+    (out / "plan.json").write_text(json.dumps(recorded))
+    with pytest.raises(ValueError, match=r"differing: budget, corpus_sha256, train_sha256\); it was written before "
+                                         r"runs recorded data digests.*course version that started it"):
+        run_recipe(data, wordnet_tokenizer, CFG, out, steps=steps, settings=TINY, progress=False)
 
 
 def test_sentence_transformers_round_trip(tmp_path):
@@ -107,3 +189,11 @@ def test_bad_settings_raise():
         RecipeSettings(pretrain_share=1.5)
     with pytest.raises(ValueError, match="batch_size"):
         RecipeSettings(batch_size=1)
+
+
+def test_a_dev_curve_between_checkpoints_is_refused(small_folder, tmp_path):
+    data = load_folder(small_folder)
+    with pytest.raises(ValueError, match="multiple of segment_steps"):
+        run_recipe(data, load_tokenizer(data, CFG.vocab_size), CFG, tmp_path / "r", steps={"pretrain_steps": 0,
+                   "finetune_steps": 8}, settings=RecipeSettings(segment_steps=4), curve_every=6)
+    assert not (tmp_path / "r").exists()

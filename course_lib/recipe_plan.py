@@ -1,0 +1,95 @@
+"""The recipe's plan (``course_lib.recipe``): step counts from a time budget, by timing a few steps of each stage
+on this machine (``make_plan``), or fixed step counts (``steps_plan``); both end in the same step marks for the
+first mining, Conan's checks and the learning-rate warm-up."""
+
+import copy
+import time
+
+import torch
+
+from course_lib.hardneg import NegativeSource, mining_pairs
+from course_lib.in_batch import add_negatives
+from course_lib.models import encode, make_encoder, tokenize
+from course_lib.retromae import make_retromae, pretrain_batches, pretrain_texts, retromae_step
+from course_lib.samplers import NoDuplicateBatchSampler
+from course_lib.utils import get_device
+
+
+def _seconds_per_step(model, step_fn, batches, lr: float, n: int = 3) -> float:
+    """Best-of-``n`` seconds of one optimizer step of ``step_fn`` on a throwaway copy of ``model``."""
+    probe = copy.deepcopy(model)
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=lr)
+    best = float("inf")
+    for i, batch in zip(range(n + 1), batches):
+        t0 = time.perf_counter()
+        loss = step_fn(probe, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if i:  # the first step warms up the allocator
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def make_plan(settings, cfg, data, tokenizer, minutes: float, seed: int) -> dict:
+    """Step counts from the time budget: each stage's share of ``minutes``, divided by its measured seconds per
+    step; fine-tuning first sets aside the mining (each event embeds the corpus and the training queries once,
+    timed here on 1,024 texts)."""
+    from course_lib.recipe import RecipeStep  # imported here: course_lib.recipe imports this module
+
+    budget = minutes * 60.0
+    pretrain_s = budget * settings.pretrain_share if settings.pretrain else 0.0
+    plan = {"minutes": minutes, "pretrain_seconds": round(pretrain_s, 1), "pretrain_steps": 0}
+    if settings.pretrain:
+        model = make_retromae(cfg, tokenizer, decoder=settings.pretrain == "retromae")
+        batches = pretrain_batches(tokenizer, pretrain_texts(data), cfg.batch_size, cfg.max_doc_len,
+                                   generator=torch.Generator().manual_seed(seed))
+        per_step = _seconds_per_step(model, retromae_step(), batches, cfg.pretrain_lr)
+        plan |= {"pretrain_seconds_per_step": round(per_step, 4), "pretrain_steps": max(1, int(pretrain_s / per_step))}
+    model = make_encoder(cfg, tokenizer)
+    examples, pool = mining_pairs(data)
+    sample = [data.corpus[i] for i in pool[:1024]]
+    t0 = time.perf_counter()
+    encode(model, tokenizer, sample, max_length=cfg.max_doc_len)
+    per_text = (time.perf_counter() - t0) / len(sample)
+    events = 1 + (settings.dynamic_checks if settings.hard_negatives.strategy == "dynamic" else 0)
+    mining_s = events * per_text * (len(pool) + len(examples))
+    hn = settings.hard_negatives
+    source = NegativeSource(hn, examples, pool, data, tokenizer, cfg, seed)
+    source.negatives = [[pool[(r + j + 1) % len(pool)] for j in range(hn.n_mined)] for r in range(len(examples))]
+    step_fn = RecipeStep(cfg.temperature, settings.memory_size, settings.momentum, model.dim, get_device())
+    batches = _calibration_batches(source, model, examples, settings.batch_size, seed, cfg)
+    per_step = _seconds_per_step(model, step_fn, batches, settings.lr)
+    finetune_s = max(budget - pretrain_s - mining_s, per_step)
+    steps = max(settings.segment_steps, int(finetune_s / per_step))
+    return plan | {"finetune_seconds_per_step": round(per_step, 4), "mining_seconds_estimate": round(mining_s, 1),
+                   "finetune_steps": steps} | _schedule(settings, steps)
+
+
+def steps_plan(settings, steps: dict) -> dict:
+    """The plan for fixed step counts (``{"pretrain_steps": n, "finetune_steps": m}``): no timing."""
+    return {"minutes": None, **steps} | _schedule(settings, steps["finetune_steps"])
+
+
+def _schedule(settings, finetune_steps: int) -> dict:
+    """The fine-tuning stage's step marks (``settings``: a ``RecipeSettings``): the first mining after
+    ``hardneg_start`` of the steps, then ``dynamic_checks`` Conan checks evenly over the rest (none:
+    ``check_every`` past the last step, so never), and the warm-up of the learning rate."""
+    start = int(finetune_steps * settings.hardneg_start)
+    checks = settings.dynamic_checks
+    return {"hardneg_start_step": start,
+            "check_every": max(1, (finetune_steps - start) // (checks + 1)) if checks else finetune_steps + 1,
+            "warmup_steps": int(finetune_steps * settings.warmup_fraction)}
+
+
+def _calibration_batches(source, model, examples, batch_size, seed, cfg):
+    """Batches with hard-negative columns (stand-in negatives set by ``make_plan``), for timing only."""
+    sampler = iter(NoDuplicateBatchSampler(examples, batch_size, torch.Generator().manual_seed(seed)))
+    data, tokenizer = source.data, source.tokenizer
+    for idx in sampler:
+        chosen = [examples[i] for i in idx]
+        batch = {"q": tokenize(tokenizer, [e.query for e in chosen], cfg.max_query_len),
+                 "d": tokenize(tokenizer, [data.documents[e.positive] for e in chosen], cfg.max_doc_len),
+                 "doc_ids": [e.positive for e in chosen]}
+        draw = torch.Generator().manual_seed(seed)
+        yield add_negatives(batch, source.draw(idx, source.settings.n_per_step, draw), data, tokenizer, cfg)
