@@ -145,7 +145,7 @@ def _simbert_with_generation(cfg, data, tokenizer, model, start: str, n_gen: int
     scored = {"before": before, "after": after, "copy_input": src, "frequent_words": [common] * len(ref)}
     result = _trained_result(cfg, data, tokenizer, model, history)
     result.train_seconds += extra.get("pretrain_seconds", 0.0)
-    result.stopped = [extra["pretrain_stopped"]] * ("pretrain_stopped" in extra) + result.stopped
+    result.stopped = ([extra["pretrain_stopped"]] if "pretrain_stopped" in extra else []) + result.stopped
     result.extra = extra | {"generation": {
         "pairs": len(src),
         "start": start,
@@ -191,7 +191,7 @@ def _pretrain_then_in_batch(cfg, data, tokenizer, decoder: bool | None) -> Metho
                                     progress=False)
     result = _trained_result(cfg, data, tokenizer, model, history)
     result.train_seconds += extra["pretrain_seconds"]
-    result.stopped = [extra["pretrain_stopped"]] * ("pretrain_stopped" in extra) + result.stopped
+    result.stopped = ([extra["pretrain_stopped"]] if "pretrain_stopped" in extra else []) + result.stopped
     result.extra = extra
     return result
 

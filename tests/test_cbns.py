@@ -360,3 +360,15 @@ def test_the_benchmark_budgets_in_steps_with_wide_caps(tmp_path, monkeypatch):
     assert seen == [(preset.seed, preset.train_seconds * bench.CAP_FACTOR, preset.pretrain_seconds * bench.CAP_FACTOR)]
     assert results["methods"]["fake"]["wall_clock_caps"]["train_seconds"] == preset.train_seconds * bench.CAP_FACTOR
     assert results["methods"]["fake"]["config"]["train_seconds"] == preset.train_seconds  # the preset's, as recorded
+
+
+@pytest.mark.parametrize("name", ["random_then_in_batch", "mlm_then_in_batch"])
+def test_every_training_stage_reports_why_it_stopped(setup, name):
+    """The stop reasons the benchmark checks for a cap: fine-tuning's, and pretraining's first when there is one."""
+    from course_lib import benchmark as bench
+
+    data, tok = setup
+    result = bench.METHODS[name](CFG.replace(train_steps=2, pretrain_steps=2), data, tok)
+    assert result.stopped == ["max_steps"] * (1 + (name == "mlm_then_in_batch"))
+    capped = bench.METHODS[name](CFG.replace(train_steps=50, train_seconds=1e-9, pretrain_steps=2), data, tok)
+    assert capped.stopped[-1] == "time_budget" and capped.steps == 1
