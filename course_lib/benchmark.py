@@ -126,6 +126,8 @@ def to_markdown(results: dict) -> str:
             cells[-1] += f" ×{len(m['seeds'])} seeds"
         if m.get("capped_seeds"):
             cells[-1] += f" (capped: seed {', '.join(map(str, m['capped_seeds']))})"
+        elif m.get("steps_unverified"):
+            cells[-1] += " (steps unverified)"
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [f"\nNot run on this data set: {name} ({why})." for name, why in results.get("not_applicable", {}).items()]
     h = results["hnsw"]
@@ -194,6 +196,8 @@ def ordering(a: dict, b: dict, key: str = "recall@10") -> tuple[float, str]:
     gap = a[key] - b[key]
     if a.get("capped_seeds") or b.get("capped_seeds"):
         return gap, "a run stopped at its wall-clock cap: no ordering claimed"
+    if a.get("steps_unverified") or b.get("steps_unverified"):  # recorded before per-seed steps, close to a cap
+        return gap, "a run stopped at its wall-clock cap? (steps unverified): no ordering claimed"
     if "spread" not in a or "spread" not in b:
         return gap, "one seed: no ordering claimed"
     noise = max(a["spread"][key], b["spread"][key])
