@@ -14,13 +14,22 @@ from IPython.display import display
 from course_lib.plots import plot_attention_masks, plot_ranked_scores, plot_similarity_matrix
 
 
+def _detached(fig):
+    """``fig``, already taken out of pyplot's registry (``plt.close``): call it before printing or displaying
+    anything. JupyterLab ≥ 4.4 sends widget messages over kernel subshells, which ipykernel 7 handles on threads
+    of their own, and each such message fires IPython's ``post_execute`` hook, where the inline backend draws and
+    closes every figure pyplot still holds. A figure still registered while a callback draws it was drawn by two
+    threads at once and reached the learner in part (the browser check saw it: notebook 00, first slider move).
+    A closed figure still displays."""
+    plt.close(fig)
+    return fig
+
+
 def _one_slider_box(slider, name: str, draw, min_height: str = "360px"):
     """Wire one control to a function ``draw(value) -> Figure``: each change redraws the figure below it."""
 
     def show(**value):
-        fig = draw(value[name])
-        display(fig)
-        plt.close(fig)
+        display(_detached(draw(value[name])))
 
     out = W.interactive_output(show, {name: slider})
     out.layout.min_height = min_height
@@ -65,9 +74,9 @@ def explore_queries(data, rankings: dict[str, tuple[list[list[str]], object]], s
     n_available = min(len(r[0][0]) for r in rankings.values())
     k = max(1, min(k, n_available))
     fig, summary = _query_view(data, split, rankings, methods[0], 0, k)  # once directly: errors surface here
+    fig = _detached(fig)
     print(summary)
     display(fig)
-    plt.close(fig)
 
     query = W.IntSlider(value=0, min=0, max=len(qids) - 1, description="query", continuous_update=False)
     method = W.Dropdown(options=methods, value=methods[0], description="method")
@@ -75,9 +84,9 @@ def explore_queries(data, rankings: dict[str, tuple[list[list[str]], object]], s
 
     def show(query_index, method_name, k):
         fig, summary = _query_view(data, split, rankings, method_name, query_index, k)
+        fig = _detached(fig)
         print(summary)
         display(fig)
-        plt.close(fig)
 
     out = W.interactive_output(show, {"query_index": query, "method_name": method, "k": kk})
     out.layout.min_height = "420px"
@@ -115,8 +124,7 @@ def explore_temperature(q, d, negatives=None, temperature: float = 0.05, title_p
     _check_temperature(temperature)
     temperature = float(min(max(temperature, 0.005), 2.0))
     fig, _ = _temperature_view(q, d, negatives, temperature, title_prefix)  # once directly
-    display(fig)
-    plt.close(fig)
+    display(_detached(fig))
     slider = W.FloatLogSlider(value=temperature, base=10, min=-2.3, max=0.3, step=0.05, description="τ",
                               continuous_update=False, readout_format=".3f")
 
@@ -125,9 +133,7 @@ def explore_temperature(q, d, negatives=None, temperature: float = 0.05, title_p
 
 
 def _mask_row_view(masks: dict, tokens: list[str], row: int) -> str:
-    fig = plot_attention_masks(masks, tokens, row=row)
-    display(fig)
-    plt.close(fig)
+    display(_detached(plot_attention_masks(masks, tokens, row=row)))
     lines = [f"row {row} ({tokens[row]!r}) attends to:"]
     for name, m in masks.items():
         seen = [t for t, v in zip(tokens, torch.as_tensor(m)[row].tolist()) if v]
@@ -193,9 +199,7 @@ def _retromae_masking_view(tokenizer, text: str, encoder_ratio: float, decoder_r
     tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][0])
     row = max(1, min(row, len(tokens) - 2))  # an ordinary token's row
     decoder_mask = batch["decoder_mask"][0]  # (L, L)
-    fig = plot_attention_masks({f"decoder mask (ratio {decoder_ratio:.2f})": decoder_mask}, tokens, row=row)
-    display(fig)
-    plt.close(fig)
+    display(_detached(plot_attention_masks({f"decoder mask (ratio {decoder_ratio:.2f})": decoder_mask}, tokens, row=row)))
     chosen = batch["encoder_labels"][0] != -100
     shown = tokenizer.convert_ids_to_tokens(batch["encoder_input_ids"][0])
     encoder_view = [f"[{s}]" if c and s != "[MASK]" else s for s, c in zip(shown, chosen.tolist())]
@@ -253,8 +257,7 @@ def explore_memory_size(q, d, memory, temperature: float = 0.05, size: int | Non
     n = memory.shape[0]
     size = n if size is None else max(0, min(int(size), n))
     fig, _, _ = _memory_size_view(q, d, memory, temperature, size)  # once directly
-    display(fig)
-    plt.close(fig)
+    display(_detached(fig))
     slider = W.IntSlider(value=size, min=0, max=n, step=1, description="memory M", continuous_update=False)
 
     return _one_slider_box(slider, "size", lambda size: _memory_size_view(q, d, memory, temperature, size)[0])
