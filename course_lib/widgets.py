@@ -347,3 +347,36 @@ def compare_topk(searchers: dict, corpus: dict, queries: dict[str, set] | None =
     box = W.VBox([box_text, W.HBox([a, b, kk]), out])
     display(box)
     return box
+
+
+def _ef_view(curve: list[dict], index: int, min_recall: float):
+    """Recall@10 (against exact search) against queries per second for each ef of ``curve[index]``'s sweep, with
+    exact search's speed and the recall bar."""
+    row = curve[index]
+    points = sorted(row["ef_sweep"], key=lambda p: p["ef"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.plot([p["qps"] for p in points], [p["recall_at_10"] for p in points], marker="o", label="HNSW, one point per ef")
+    for p in points:
+        ax.annotate(f"ef {p['ef']}", (p["qps"], p["recall_at_10"]), textcoords="offset points", xytext=(5, -10),
+                    fontsize=7)
+    ax.axvline(row["exact_qps"], color="k", ls=":", label=f"exact search: {row['exact_qps']:,.0f} q/s")
+    ax.axhline(min_recall, color="C1", ls=":", label=f"recall@10 = {min_recall}")
+    ax.set(xscale="log", xlabel="queries per second (wall clock)", ylabel="recall@10 against exact search",
+           title=f"What ef buys at n = {row['n']:,} vectors")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def explore_ef(curve: list[dict], min_recall: float = 0.98):
+    """A corpus-size slider over a search-scaling curve (``course_lib.search_scaling.scaling_curve`` rows, or a
+    stored ``search_scaling.json``'s ``curve``): for the chosen size, HNSW's recall@10 against its speed at each
+    swept ef, next to exact search's speed (nothing is re-measured)."""
+    if not curve or any(not r.get("ef_sweep") or "exact_qps" not in r for r in curve):
+        raise ValueError("curve must be a non-empty list of scaling-curve rows with 'ef_sweep' and 'exact_qps' "
+                         "(course_lib.search_scaling.scaling_curve with efs=...)")
+    last = len(curve) - 1
+    display(_detached(_ef_view(curve, last, min_recall)))  # once directly
+    slider = W.SelectionSlider(options=[(f"{r['n']:,}", i) for i, r in enumerate(curve)], value=last,
+                               description="corpus size", continuous_update=False)
+    return _one_slider_box(slider, "index", lambda index: _ef_view(curve, index, min_recall))

@@ -60,6 +60,7 @@ from course_lib.search_scaling import (
 )
 from course_lib.tokenizer import load_tokenizer
 from course_lib.utils import get_device, seed_everything
+from course_lib.widgets import explore_ef
 
 # %% tags=["parameters"]
 PRESET = None  # None: FAST unless the environment sets COURSE_FAST=0; or "fast" / "full"
@@ -509,6 +510,15 @@ else:
     fig.suptitle(f"stored: the full preset's in-batch encoder, {stored_curve['curve'][-1]['n']:,} vectors at most")
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     plt.show()
+
+# %% [markdown]
+# **Explore: what `ef` buys at each size.** Move the slider to pick a corpus size of the stored curve (of the curve
+# computed above when no stored one is in this checkout): each point is one `ef` of the sweep, its recall@10
+# against exact search and its speed; the dotted lines are exact search's speed at that size and the 0.98 bar.
+# Nothing is re-measured. Watch the exact line move left past the HNSW points as the corpus grows.
+
+# %%
+explore_ef(stored_curve["curve"] if stored_path.exists() else small, min_recall=MIN_RECALL)
 
 # %% [markdown]
 # ## 7. On 8 GPUs, or on 2 machines

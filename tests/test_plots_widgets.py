@@ -383,3 +383,23 @@ def test_explore_memory_size():
     with pytest.raises(ValueError, match="memory must be"):
         explore_memory_size(q, d, memory[:, :4])
     plt.close("all")
+
+
+def test_explore_ef_draws_each_size_sweep():
+    from course_lib.widgets import _ef_view, explore_ef
+
+    curve = [{"n": n, "exact_qps": 1000.0 / k, "ef_sweep": [{"ef": ef, "qps": 5000.0 / ef, "recall_at_10": r - 0.01 * k}
+                                                              for ef, r in ((16, 0.8), (64, 0.95), (256, 0.99))]}
+             for k, n in enumerate((1000, 10_000), start=1)]
+    box = explore_ef(curve)
+    slider = box.children[0]
+    assert slider.value == 1 and [label for label, _ in slider.options] == ["1,000", "10,000"]
+    fig = _ef_view(curve, 0, 0.98)
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [0.79, 0.94, 0.98])  # the sweep, ef ascending
+    assert ax.get_lines()[1].get_xdata()[0] == 1000.0  # exact search's speed at that size
+    assert "1,000" in ax.get_title()
+    slider.value = 0  # the callback redraws without raising
+    with pytest.raises(ValueError, match="ef_sweep"):
+        explore_ef([{"n": 10, "exact_qps": 1.0}])
+    plt.close("all")
