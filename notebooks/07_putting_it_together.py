@@ -331,7 +331,8 @@ compare_topk(searchers, data.corpus, test_queries, text=QUERY, k=5)
 # ## Exercises
 #
 # 1. **Your own verdict.** Write `verdict(a, b)` for two stored results (each with `recall@10`, `steps` and,
-#    over seeds, `spread["recall@10"]`): "capped: no verdict" if either has `capped_seeds`; otherwise a result
+#    over seeds, `spread["recall@10"]`): "capped: no verdict" if either has `capped_seeds` (or `steps_unverified`: recorded
+#    before the benchmark kept each seed's steps, too close to a cap to be sure); otherwise a result
 #    with `steps == 0` and no spread has spread 0; then "one seed" if either still has no spread, "yes" if `a` is
 #    above `b` by more than the larger spread, "reversed" if below by more, "within noise" otherwise. The check
 #    compares yours with `course_lib.claims.check_claims` on every stored claim.

@@ -19,7 +19,7 @@ CFG = get_config("fast")
 
 
 def verdict(a, b):  # the kept solution
-    if a.get("capped_seeds") or b.get("capped_seeds"):
+    if any(m.get("capped_seeds") or m.get("steps_unverified") for m in (a, b)):
         return "capped: no verdict"
     a, b = ({"spread": {"recall@10": 0.0}} | m if m.get("steps") == 0 else m for m in (a, b))
     if "spread" not in a or "spread" not in b:
