@@ -254,6 +254,8 @@ def run(preset: str, out: Path, methods: list[str] | None = None, merge: bool = 
         "commit": git_commit(),
         "methods": dict(previous.get("methods", {})),
     }
+    if previous.get("not_applicable"):  # --merge keeps what earlier runs found not applicable
+        results["not_applicable"] = dict(previous["not_applicable"])
     hnsw_source = None  # the in_batch encoder's embeddings, else the last course encoder's
     caps = {"train_seconds": cfg.train_seconds * CAP_FACTOR, "pretrain_seconds": cfg.pretrain_seconds * CAP_FACTOR}
     for name in names:

@@ -372,3 +372,22 @@ def test_every_training_stage_reports_why_it_stopped(setup, name):
     assert result.stopped == ["max_steps"] * (1 + (name == "mlm_then_in_batch"))
     capped = bench.METHODS[name](CFG.replace(train_steps=50, train_seconds=1e-9, pretrain_steps=2), data, tok)
     assert capped.stopped[-1] == "time_budget" and capped.steps == 1
+
+
+def test_merge_keeps_methods_found_not_applicable(tmp_path, monkeypatch):
+    from course_lib import benchmark as bench
+
+    def refused(cfg, data, tokenizer):
+        raise bench.NotApplicable("cannot read this corpus")
+
+    monkeypatch.setitem(bench.METHODS, "refused", refused)
+    monkeypatch.setitem(bench.METHODS, "fake", lambda cfg, data, tok: bench.MethodResult({k: 0.5 for k in bench.REPORTED}))
+    monkeypatch.setattr(bench, "measure_hnsw", lambda *a, **k: {
+        "params": {"M": 1, "ef_construction": 1, "ef": 1}, "n_vectors": 1, "embeddings": "e",
+        "recall_at_10_vs_exact": 1.0, "speedup_vs_exact": 1.0, "hnsw_ms_per_1k_queries": 1.0,
+        "exact_ms_per_1k_queries": 1.0})
+    monkeypatch.setattr(bench, "run_untrained", lambda *a: bench.MethodResult({}, embeddings=((), None, None)))
+    bench.run("fast", tmp_path, ["fake", "refused"])
+    merged = bench.run("fast", tmp_path, ["fake"], merge=True)
+    assert merged["not_applicable"] == {"refused": "cannot read this corpus"} and "fake" in merged["methods"]
+    assert "Not run on this data set: refused" in (tmp_path / "results.md").read_text()
