@@ -316,6 +316,17 @@ def test_seeds_are_summarized_as_mean_and_spread():
         bench.run("fast", None, ["bm25"], seeds=0)
 
 
+FAKE_HNSW = {"params": {"M": 1, "ef_construction": 1, "ef": 1}, "n_vectors": 1, "embeddings": "e",
+             "recall_at_10_vs_exact": 1.0, "speedup_vs_exact": 1.0, "hnsw_ms_per_1k_queries": 1.0,
+             "exact_ms_per_1k_queries": 1.0}
+
+
+def _skip_hnsw(monkeypatch, bench):
+    """benchmark.run without its HNSW measurement (and the untrained encoder it would embed for it)."""
+    monkeypatch.setattr(bench, "measure_hnsw", lambda *a, **k: FAKE_HNSW)
+    monkeypatch.setattr(bench, "run_untrained", lambda *a: bench.MethodResult({}, embeddings=((), None, None)))
+
+
 def test_a_run_cut_short_by_its_wall_clock_cap_is_recorded_and_claims_nothing():
     """A busy machine must not decide an ordering: a seed that stopped at its cap is listed, results.md says so,
     and ``ordering`` gives no verdict (issue: FAST runs under load reached 122 of 300 steps)."""
@@ -334,9 +345,7 @@ def test_a_run_cut_short_by_its_wall_clock_cap_is_recorded_and_claims_nothing():
     assert bench.summarize_seeds([pre], [0])["capped_seeds"] == [0]  # a capped pretraining counts too
     row = bench.to_markdown({"preset": "fast", "dataset": "wordnet", "n_docs": 1, "n_test_queries": 1, "machine": "m",
                              "date": "d", "methods": {"x": entry | {"train_seconds": 1.0}},
-                             "hnsw": {"params": {"M": 1, "ef_construction": 1, "ef": 1}, "n_vectors": 1,
-                                      "embeddings": "e", "recall_at_10_vs_exact": 1.0, "speedup_vs_exact": 1.0,
-                                      "hnsw_ms_per_1k_queries": 1.0, "exact_ms_per_1k_queries": 1.0}})
+                             "hnsw": FAKE_HNSW})
     assert "(capped: seed 1)" in row
 
 
@@ -350,11 +359,7 @@ def test_the_benchmark_budgets_in_steps_with_wide_caps(tmp_path, monkeypatch):
         return bench.MethodResult({k: 0.5 for k in bench.REPORTED}, steps=0)
 
     monkeypatch.setitem(bench.METHODS, "fake", fake)
-    monkeypatch.setattr(bench, "measure_hnsw", lambda *a, **k: {
-        "params": {"M": 1, "ef_construction": 1, "ef": 1}, "n_vectors": 1, "embeddings": "e",
-        "recall_at_10_vs_exact": 1.0, "speedup_vs_exact": 1.0, "hnsw_ms_per_1k_queries": 1.0,
-        "exact_ms_per_1k_queries": 1.0})
-    monkeypatch.setattr(bench, "run_untrained", lambda *a: bench.MethodResult({}, embeddings=((), None, None)))
+    _skip_hnsw(monkeypatch, bench)
     results = bench.run("fast", tmp_path, ["fake"])
     preset = bench.get_config("fast")
     assert seen == [(preset.seed, preset.train_seconds * bench.CAP_FACTOR, preset.pretrain_seconds * bench.CAP_FACTOR)]
@@ -382,11 +387,7 @@ def test_merge_keeps_methods_found_not_applicable(tmp_path, monkeypatch):
 
     monkeypatch.setitem(bench.METHODS, "refused", refused)
     monkeypatch.setitem(bench.METHODS, "fake", lambda cfg, data, tok: bench.MethodResult({k: 0.5 for k in bench.REPORTED}))
-    monkeypatch.setattr(bench, "measure_hnsw", lambda *a, **k: {
-        "params": {"M": 1, "ef_construction": 1, "ef": 1}, "n_vectors": 1, "embeddings": "e",
-        "recall_at_10_vs_exact": 1.0, "speedup_vs_exact": 1.0, "hnsw_ms_per_1k_queries": 1.0,
-        "exact_ms_per_1k_queries": 1.0})
-    monkeypatch.setattr(bench, "run_untrained", lambda *a: bench.MethodResult({}, embeddings=((), None, None)))
+    _skip_hnsw(monkeypatch, bench)
     bench.run("fast", tmp_path, ["fake", "refused"])
     merged = bench.run("fast", tmp_path, ["fake"], merge=True)
     assert merged["not_applicable"] == {"refused": "cannot read this corpus"} and "fake" in merged["methods"]
