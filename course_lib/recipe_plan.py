@@ -3,11 +3,13 @@ on this machine (``make_plan``), or fixed step counts (``steps_plan``); both end
 first mining, Conan's checks and the learning-rate warm-up."""
 
 import copy
+import statistics
 import time
 
 import torch
 
 from course_lib.hardneg import NegativeSource, mining_pairs
+from course_lib.mining import mine_hard_negatives
 from course_lib.in_batch import add_negatives
 from course_lib.models import encode, make_encoder, tokenize
 from course_lib.retromae import make_retromae, pretrain_batches, pretrain_texts, retromae_step
@@ -15,26 +17,53 @@ from course_lib.samplers import NoDuplicateBatchSampler
 from course_lib.utils import get_device
 
 
-def _seconds_per_step(model, step_fn, batches, lr: float, n: int = 3) -> float:
-    """Best-of-``n`` seconds of one optimizer step of ``step_fn`` on a throwaway copy of ``model``."""
+def _seconds_per_step(model, step_fn, batches, lr: float, n: int = 6) -> float:
+    """Median seconds of one optimizer step of ``step_fn`` on a throwaway copy of ``model``, counting the
+    batch's preparation (tokenising, drawing negatives) as the training loop pays it; ``n`` steps after one
+    that warms up the allocator. (A best-of-3 without the batch's preparation under-estimated a real run's
+    steps by 12–24 %.)"""
     probe = copy.deepcopy(model)
     optimizer = torch.optim.AdamW(probe.parameters(), lr=lr)
-    best = float("inf")
-    for i, batch in zip(range(n + 1), batches):
+    batches, times = iter(batches), []
+    for i in range(n + 1):
         t0 = time.perf_counter()
-        loss = step_fn(probe, batch)
+        loss = step_fn(probe, next(batches))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if i:  # the first step warms up the allocator
-            best = min(best, time.perf_counter() - t0)
-    return best
+        if i:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _search_seconds(hn, examples, pool: list[str], seed: int, dim: int, sizes=(256, 1024)) -> float:
+    """Seconds the first mining spends searching and sampling for every training query, beyond encoding:
+    ``mine_hard_negatives`` over the whole pool, timed for ``sizes`` queries and extrapolated along the line
+    through the two (it has a fixed cost and a per-query one). The vectors are synthetic: unit vectors, each
+    query close to its positive, as after the in-batch warm-up, so the filter keeps what a trained model's
+    would."""
+    gen = torch.Generator().manual_seed(seed)
+    docs = torch.nn.functional.normalize(torch.randn(len(pool), dim, generator=gen), dim=-1)  # (N, D)
+    position = {d: i for i, d in enumerate(pool)}
+    points = []
+    for size in sizes:
+        rows = [examples[i % len(examples)] for i in range(size)]
+        near = docs[[position[e.positive] for e in rows]] + 0.3 * torch.randn(size, dim, generator=gen) / dim ** 0.5
+        t0 = time.perf_counter()
+        mine_hard_negatives(torch.nn.functional.normalize(near, dim=-1), [e.positive for e in rows], pool, docs,
+                            rank_range=hn.first_range, num_negatives=hn.n_mined, seed=seed,
+                            relative_margin=hn.relative_margin)
+        points.append((size, time.perf_counter() - t0))
+    (n0, t0), (n1, t1) = points
+    per_query = max(t1 - t0, 0.0) / (n1 - n0)
+    return max(t0 - per_query * n0, 0.0) + per_query * len(examples)
 
 
 def make_plan(settings, cfg, data, tokenizer, minutes: float, seed: int) -> dict:
     """Step counts from the time budget: each stage's share of ``minutes``, divided by its measured seconds per
-    step; fine-tuning first sets aside the mining (each event embeds the corpus and the training queries once,
-    timed here on 1,024 texts)."""
+    step; fine-tuning first sets aside the mining: every event embeds the corpus and the training queries once
+    (timed here on 1,024 texts), and the first one also searches and samples for every query
+    (``_search_seconds``)."""
     from course_lib.recipe import RecipeStep  # imported here: course_lib.recipe imports this module
 
     budget = minutes * 60.0
@@ -51,9 +80,13 @@ def make_plan(settings, cfg, data, tokenizer, minutes: float, seed: int) -> dict
     sample = [data.corpus[i] for i in pool[:1024]]
     t0 = time.perf_counter()
     encode(model, tokenizer, sample, max_length=cfg.max_doc_len)
-    per_text = (time.perf_counter() - t0) / len(sample)
-    events = 1 + (settings.dynamic_checks if settings.hard_negatives.strategy == "dynamic" else 0)
-    mining_s = events * per_text * (len(pool) + len(examples))
+    encode_all = (time.perf_counter() - t0) / len(sample) * (len(pool) + len(examples))
+    # the first mining encodes the queries and the pool, then searches; each Conan check re-encodes both
+    # (DynamicHardNegativeMiner encodes the corpus once when it rescores half of it or more)
+    strategy = settings.hard_negatives.strategy
+    checks = settings.dynamic_checks if strategy == "dynamic" else 0
+    search_s = _search_seconds(settings.hard_negatives, examples, pool, seed, model.dim) if strategy != "none" else 0.0
+    mining_s = encode_all * (1 + checks) + search_s if strategy != "none" else 0.0
     hn = settings.hard_negatives
     source = NegativeSource(hn, examples, pool, data, tokenizer, cfg, seed)
     source.negatives = [[pool[(r + j + 1) % len(pool)] for j in range(hn.n_mined)] for r in range(len(examples))]
@@ -63,6 +96,7 @@ def make_plan(settings, cfg, data, tokenizer, minutes: float, seed: int) -> dict
     finetune_s = max(budget - pretrain_s - mining_s, per_step)
     steps = max(settings.segment_steps, int(finetune_s / per_step))
     return plan | {"finetune_seconds_per_step": round(per_step, 4), "mining_seconds_estimate": round(mining_s, 1),
+                   "mining_search_seconds_estimate": round(search_s, 1),
                    "finetune_steps": steps} | _schedule(settings, steps)
 
 

@@ -65,6 +65,19 @@ class EnhancedDecoderLayer(torch.nn.Module):
         return self.ffn_norm(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))  # (B, L, H)
 
 
+def bert_style_init(module: torch.nn.Module, std: float = 0.02) -> None:
+    """BERT's initialisation of one module (Devlin et al., 2019; transformers' ``BertPreTrainedModel``): linear
+    weights N(0, std²) with zero biases, LayerNorm weight 1 and bias 0. PyTorch's default for a linear layer,
+    U(±1/√fan_in), has a standard deviation of 1/√(3·fan_in): 0.051 at width 128, 2.5× BERT's 0.02."""
+    if isinstance(module, torch.nn.Linear):
+        torch.nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            torch.nn.init.zeros_(module.bias)
+    elif isinstance(module, torch.nn.LayerNorm):
+        torch.nn.init.ones_(module.weight)
+        torch.nn.init.zeros_(module.bias)
+
+
 class RetroMAE(torch.nn.Module):
     """Encoder BERT + shared LM head, and (unless ``decoder=False``, the plain MLM baseline) the one-layer
     enhanced decoder. ``forward`` returns the encoder's last hidden states; the losses are below."""
@@ -74,6 +87,8 @@ class RetroMAE(torch.nn.Module):
         self.bert = bert
         self.lm_head = LMHead(bert.get_input_embeddings(), bert.config.layer_norm_eps)
         self.decoder = EnhancedDecoderLayer(bert.config) if decoder else None
+        if self.decoder is not None:  # BERT's initialisation, as the reference applies the encoder's to its decoder
+            self.decoder.apply(lambda m: bert_style_init(m, bert.config.initializer_range))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)

@@ -230,6 +230,21 @@ def test_embeddings_and_lm_head_are_shared():
     assert torch.allclose(content[:, 0], h) and torch.allclose(content[:, 1:], emb(input_ids=ids)[:, 1:])  # H2
 
 
+def test_the_decoder_starts_from_berts_initialisation():
+    """As the reference applies the encoder's ``_init_weights`` to its decoder: linear weights N(0, 0.02²), zero
+    biases, LayerNorms at identity (PyTorch's default linear init has sd 1/√(3·fan_in), 0.10 at width 32)."""
+    model = tiny_model()
+    std = model.bert.config.initializer_range
+    for name, module in model.decoder.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            assert abs(module.weight.std().item() - std) < 0.2 * std, name
+            assert module.bias.abs().max() == 0, name
+        elif isinstance(module, torch.nn.LayerNorm):
+            assert (module.weight == 1).all() and (module.bias == 0).all(), name
+    # the same check the encoder's own layers pass
+    assert abs(model.bert.encoder.layer[0].attention.self.query.weight.std().item() - std) < 0.2 * std
+
+
 def test_mlm_baseline_has_no_decoder():
     model = tiny_model(decoder=False)
     assert model.decoder is None
@@ -240,7 +255,7 @@ def test_mlm_baseline_has_no_decoder():
 def _decoder_loss_after_training(leak: bool, steps: int = 250) -> float:
     """Train a tiny RetroMAE on random token sequences with the decoder loss alone; return its final value."""
     model = tiny_model(seed=1)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)  # the decoder starts at BERT's small init (sd 0.02)
     g = torch.Generator().manual_seed(2)
     losses = []
     for _ in range(steps):
