@@ -142,7 +142,12 @@ def to_markdown(results: dict) -> str:
                       f"token F1 {g['token_f1_before']:.3f} → {g['token_f1_after']:.3f}, BLEU-4 {g['bleu_before']:.3f} → "
                       f"{g['bleu_after']:.3f} (before → after training); floors (F1 / BLEU-4): copying the input "
                       f"{g['token_f1_copy_input']:.3f} / {g['bleu_copy_input']:.3f}, the most frequent gloss words "
-                      f"(\"{g['frequent_words']}\") {g['token_f1_frequent_words']:.3f} / {g['bleu_frequent_words']:.3f}."]
+                      f"(\"{g['frequent_words']}\") {g['token_f1_frequent_words']:.3f} / {g['bleu_frequent_words']:.3f}."
+                      + (f" SimBERT's own decoding (8 top-5 samples, the closest to the input kept): F1 "
+                         f"{g['token_f1_after_reranked']:.3f}, BLEU-4 {g['bleu_after_reranked']:.3f}."
+                         if "token_f1_after_reranked" in g else "")
+                      + (" Seq2seq loss on the example → gloss rows only." if g.get("seq2seq_directions") == "a_to_b"
+                         else "")]
     memory_rows = [(n, m) for n, m in results["methods"].items() if "memory_size" in m]
     if memory_rows:
         lines += ["", "Memory-bank configurations (notebook 04, `course_lib.cbns.BENCHMARK_SETTINGS`; a skewed sampler "

@@ -125,6 +125,28 @@ def token_loss(model: RetroMAE, hidden: torch.Tensor, labels: torch.Tensor) -> t
     return F.cross_entropy(model.lm_head(hidden[where]), labels[where])  # (T, V) logits
 
 
+@torch.no_grad()
+def bottleneck_usage(model: RetroMAE, batch: dict) -> dict[str, float]:
+    """Does the decoder use the sentence embedding h? Its reconstruction loss on ``batch`` (a
+    ``pretrain_batch``) with each row's own h, with h rolled by one row (another sentence's h: the right shape and
+    scale, the wrong content) and with the batch-mean h (no sentence-specific content). A decoder that reads h
+    has ``own`` clearly below the other two; one that ignores it scores all three alike."""
+    if model.decoder is None:
+        raise ValueError("this model was built with decoder=False (the plain MLM baseline); it has no decoder")
+    if batch["input_ids"].shape[0] < 2:
+        raise ValueError("bottleneck_usage needs a batch of at least 2 sentences (it swaps h between rows)")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    h = model(batch["encoder_input_ids"], batch["attention_mask"])[:, 0]  # (B, H)
+    variants = {"own": h, "rolled": h.roll(1, dims=0), "mean": h.mean(0, keepdim=True).expand_as(h)}
+    out = {name: float(token_loss(model, model.decode(v, batch["input_ids"], batch["decoder_mask"]),
+                                  batch["decoder_labels"])) for name, v in variants.items()}
+    model.train(was_training)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Batches and the training step
 

@@ -182,16 +182,25 @@ def seq2seq_loss(model: SimBERT, hidden: torch.Tensor, input_ids, token_type_ids
     return F.cross_entropy(logits, input_ids[:, 1:][where])
 
 
-def simbert_step(scale: float = 30.0):
+DIRECTIONS = ("both", "a_to_b")
+
+
+def simbert_step(scale: float = 30.0, directions: str = "both"):
     """A ``step_fn`` for ``course_lib.train.train``: one UniLM forward pass, loss = seq2seq + similarity
-    (unweighted, as in the reference). The two parts are appended to ``step.parts`` for plotting."""
+    (unweighted, as in the reference). The two parts are appended to ``step.parts`` for plotting.
+    ``directions="a_to_b"`` keeps the seq2seq loss of the A → B rows only (the even rows of ``pair_rows``; the
+    similarity loss still uses every row's [CLS])."""
+    if directions not in DIRECTIONS:
+        raise ValueError(f"directions must be one of {DIRECTIONS}, got {directions!r}")
+    rows = slice(None) if directions == "both" else slice(0, None, 2)
 
     def step(model, batch):
         device = next(model.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
         hidden = model.seq2seq_hidden(**batch)  # (2n, L, H)
         sim = simbert_similarity_loss(model.pooler(hidden[:, 0]), scale)
-        s2s = seq2seq_loss(model, hidden, batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+        s2s = seq2seq_loss(model, hidden[rows], batch["input_ids"][rows], batch["token_type_ids"][rows],
+                           batch["attention_mask"][rows])
         step.parts["similarity"].append(sim.item())
         step.parts["seq2seq"].append(s2s.item())
         return sim + s2s
@@ -210,12 +219,14 @@ def train_simbert(
     batch_size: int | None = None,
     steps: int | None = None,
     scale: float = 30.0,
+    directions: str = "both",
     generator: torch.Generator | None = None,
     eval_fn=None,
     eval_every: int | None = None,
     progress: bool = True,
 ) -> tuple[SimBERT, History, dict[str, list[float]]]:
-    """Joint seq2seq + similarity training on ``pairs`` (default: example ↔ gloss from ``data.train``).
+    """Joint seq2seq + similarity training on ``pairs`` (default: example ↔ gloss from ``data.train``), the
+    seq2seq loss in both directions (the reference) or ``directions="a_to_b"`` (e.g. example → gloss only).
 
     ``batch_size`` counts pairs (each gives two rows; default ``cfg.simbert_pairs``). The learning rate is
     ``cfg.simbert_lr``: [CLS] pooling from scratch collapses at the higher lr the mean-pooled in-batch model
@@ -228,7 +239,7 @@ def train_simbert(
     batch_size = batch_size or cfg.simbert_pairs
     sampler = NoDuplicateBatchSampler([TrainExample(p.a, p.group) for p in pairs], batch_size, generator)
     max_length = cfg.max_query_len + cfg.max_doc_len
-    step = simbert_step(scale)
+    step = simbert_step(scale, directions)
     history = train(
         model,
         step,
@@ -350,6 +361,32 @@ def generate(
     finally:
         model.train(was_training)
     return [tokenizer.decode(row, skip_special_tokens=True) for row in out.cpu()]
+
+
+def generate_reranked(model, tokenizer, texts: list[str], *, n_samples: int = 8, top_k: int = 5,
+                      generator: torch.Generator | None = None, **kwargs) -> list[str]:
+    """SimBERT's own decoding (Su, 2020, ``gen_synonyms`` in ZhuiyiTechnology/simbert): ``n_samples`` outputs
+    per text sampled from the ``top_k`` most likely tokens, then the one whose sentence vector is closest
+    (cosine) to the input's. Empty outputs and copies of the input are passed over unless nothing else is
+    left. ``kwargs`` go to ``generate`` (e.g. ``no_repeat_ngram_size``, ``max_new_tokens``)."""
+    if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
+        raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
+    if isinstance(texts, str):
+        raise TypeError("generate_reranked expects a list of texts, not a single string; wrap it: [text]")
+    texts = list(texts)
+    samples = generate(model, tokenizer, [t for t in texts for _ in range(n_samples)], do_sample=True, top_k=top_k,
+                       generator=generator, **kwargs)
+    max_length = kwargs.get("max_length", 32)
+    q = encode(model, tokenizer, texts, max_length=max_length)  # (n, H), unit vectors
+    c = encode(model, tokenizer, [s or "[empty]" for s in samples], max_length=max_length)  # (n·k, H)
+    scores = (c.view(len(texts), n_samples, -1) @ q[:, :, None]).squeeze(-1)  # (n, k): cosine to the input
+    out = []
+    for i, text in enumerate(texts):
+        cands = samples[i * n_samples:(i + 1) * n_samples]
+        useless = torch.tensor([not c.strip() or c.strip().lower() == text.strip().lower() for c in cands])
+        row = scores[i].masked_fill(useless, float("-inf")) if not useless.all() else scores[i]
+        out.append(cands[int(row.argmax())])
+    return out
 
 
 def similar_sentences(model, tokenizer, query: str, candidates: list[str], k: int = 5, max_length: int = 48) -> list[tuple[str, float]]:

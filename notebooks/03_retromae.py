@@ -56,7 +56,7 @@ from course_lib.metrics import evaluate
 from course_lib.models import encoder_from_bert
 from course_lib.plots import plot_attention_masks, plot_loss_curve, plot_recall_at_k
 from course_lib.provenance import stale_methods
-from course_lib.retromae import make_retromae, pretrain, pretrain_batch, pretrain_texts, token_loss
+from course_lib.retromae import bottleneck_usage, make_retromae, pretrain, pretrain_batch, pretrain_texts, token_loss
 from course_lib.tokenizer import load_tokenizer
 from course_lib.utils import seed_everything
 from course_lib.widgets import explore_retromae_masking
@@ -425,6 +425,36 @@ assert all(np.mean(c[-10:]) < np.mean(c[:10]) for c in curves.values()), "every 
 gap_dec = np.mean(parts_retromae["decoder"][-10:]) - np.mean(parts_retromae["encoder"][-10:])
 print(f"RetroMAE, last 10 steps: decoder − encoder loss {gap_dec:+.2f}; seconds per step: RetroMAE "
       f"{h_retromae.train_seconds / h_retromae.steps:.2f}, MLM {h_mlm.train_seconds / h_mlm.steps:.2f}")
+
+# %% [markdown]
+# **Does the decoder use h?** A loss that falls says nothing about *why* it falls: the decoder could have learnt
+# to rebuild tokens from the half of the context it sees and the frequencies of words, ignoring h. So feed it, on
+# sentences pretraining never read (dev queries), three versions of h: each sentence's own, another sentence's
+# (h rolled by one row: the right scale, the wrong content), and the batch mean (no sentence-specific content
+# at all; `course_lib.retromae.bottleneck_usage`). Only if "own" is clearly lower does h carry the sentence.
+#
+# And before any fine-tuning: how well does each start's raw [CLS] vector retrieve, zero-shot, on the dev split?
+# RetroMAE's claim is precisely that its [CLS] already holds the sentence (Xiao et al., 2022, §4.2 report its
+# zero-shot BEIR results).
+
+# %%
+held_out = [t for t in data.queries["dev"].values()][:64]
+probe_batch = pretrain_batch(tokenizer, held_out, cfg.max_doc_len, generator=torch.Generator().manual_seed(5))
+usage = bottleneck_usage(retromae, probe_batch)
+print("RetroMAE decoder loss on 64 dev sentences with h = " + ", ".join(f"{k} {v:.3f}" for k, v in usage.items())
+      + f"  (own − rolled {usage['own'] - usage['rolled']:+.3f} nats)")
+uses_h = usage["own"] < min(usage["rolled"], usage["mean"]) - 0.05
+print(f"the decoder reads sentence content from h (own below both others by more than 0.05 nats): {'yes' if uses_h else 'no'}")
+
+
+def dev_metrics(model):
+    return evaluate(model, data, "dev", tokenizer=tokenizer, max_query_len=cfg.max_query_len, max_doc_len=cfg.max_doc_len)
+
+
+zero_shot = {name: dev_metrics(encoder_from_bert(cfg, tokenizer, bert, pooling="cls"))
+             for name, bert in (("random init", None), ("MLM-pretrained", mlm.bert), ("RetroMAE-pretrained", retromae.bert))}
+for name, m in zero_shot.items():
+    print(f"zero-shot [CLS], dev: {name:>20}  R@10 {m['recall@10']:.3f}  MRR@10 {m['mrr@10']:.3f}")
 
 # %% [markdown]
 # ## 7. Fine-tuning from three starts, and the baseline they must beat

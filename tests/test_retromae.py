@@ -17,6 +17,7 @@ from course_lib.masks import retromae_decoder_mask, whole_word_mask
 from course_lib.models import encoder_from_bert
 from course_lib.retromae import (
     RetroMAE,
+    bottleneck_usage,
     make_retromae,
     pretrain,
     pretrain_batch,
@@ -243,6 +244,28 @@ def test_the_decoder_starts_from_berts_initialisation():
             assert (module.weight == 1).all() and (module.bias == 0).all(), name
     # the same check the encoder's own layers pass
     assert abs(model.bert.encoder.layer[0].attention.self.query.weight.std().item() - std) < 0.2 * std
+
+
+def test_bottleneck_usage_swaps_only_h(setup):
+    """The probe's "own" loss is the decoder loss of the training step; with every row the same sentence, h,
+    its roll and its mean coincide, so the three losses do too; a model without decoder is refused."""
+    data, tokenizer = setup
+    cfg = CFG
+    texts = pretrain_texts(data)[:6]
+    batch = pretrain_batch(tokenizer, texts, cfg.max_doc_len, generator=torch.Generator().manual_seed(0))
+    model = make_retromae(cfg, tokenizer).eval()
+    usage = bottleneck_usage(model, batch)
+    with torch.no_grad():
+        hidden = model(batch["encoder_input_ids"], batch["attention_mask"])
+        own = token_loss(model, model.decode(hidden[:, 0], batch["input_ids"], batch["decoder_mask"]),
+                         batch["decoder_labels"])
+    assert usage["own"] == pytest.approx(float(own), rel=1e-5)
+    same = pretrain_batch(tokenizer, [texts[0]] * 4, cfg.max_doc_len, generator=torch.Generator().manual_seed(0))
+    same = {k: v[:1].expand_as(v).clone() for k, v in same.items()}  # four identical rows, masks included
+    tied = bottleneck_usage(model, same)
+    assert tied["own"] == pytest.approx(tied["rolled"], rel=1e-5) and tied["own"] == pytest.approx(tied["mean"], rel=1e-4)
+    with pytest.raises(ValueError, match="decoder=False"):
+        bottleneck_usage(make_retromae(cfg, tokenizer, decoder=False), batch)
 
 
 def test_mlm_baseline_has_no_decoder():

@@ -17,6 +17,7 @@ from course_lib.simbert import (
     _ban_repeats,
     _filter_logits,
     generate,
+    generate_reranked,
     held_out_pairs,
     make_pairs,
     make_simbert,
@@ -25,6 +26,7 @@ from course_lib.simbert import (
     seq2seq_targets,
     simbert_from_pretrained,
     simbert_similarity_loss,
+    simbert_step,
     similar_sentences,
     train_simbert,
 )
@@ -190,6 +192,48 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(setup, model):
     assert sample(3, top_k=1) == generate(model, tok, texts, max_new_tokens=5)
 
 
+def test_reranked_generation_keeps_the_sample_closest_to_the_input(setup, model):
+    """Sample-k-then-rerank: with one sample it is plain top-k sampling (same generator, same output); with
+    several, the kept output is the candidate ``similar_sentences`` ranks first among the non-empty samples
+    that do not copy the input."""
+    data, tokenizer = setup
+    texts = [p.a for p in PAIRS]
+    one = generate_reranked(model, tokenizer, texts, n_samples=1, generator=torch.Generator().manual_seed(3))
+    assert one == generate(model, tokenizer, texts, do_sample=True, top_k=5, generator=torch.Generator().manual_seed(3))
+    kept = generate_reranked(model, tokenizer, texts, n_samples=6, generator=torch.Generator().manual_seed(4),
+                             max_new_tokens=8)
+    samples = generate(model, tokenizer, [t for t in texts for _ in range(6)], do_sample=True, top_k=5,
+                       generator=torch.Generator().manual_seed(4), max_new_tokens=8)
+    for i, text in enumerate(texts):
+        cands = [c for c in samples[6 * i:6 * i + 6] if c.strip() and c.strip().lower() != text.lower()]
+        if cands:
+            assert kept[i] == similar_sentences(model, tokenizer, text, cands, k=1, max_length=32)[0][0]
+    with pytest.raises(ValueError, match="n_samples"):
+        generate_reranked(model, tokenizer, texts, n_samples=0)
+    with pytest.raises(TypeError, match="list of texts"):
+        generate_reranked(model, tokenizer, texts[0])
+
+
+def test_one_direction_scores_only_the_a_to_b_rows(setup, model):
+    """``directions="a_to_b"`` is the seq2seq loss of rows 0, 2, 4, … ([CLS] A [SEP] B [SEP]) alone, computed
+    here on those rows by hand; the similarity part is the same in both settings."""
+    _, tokenizer = setup
+    batch = pair_rows(tokenizer, PAIRS[:2], 40)
+    both, one = simbert_step(directions="both"), simbert_step(directions="a_to_b")
+    with torch.no_grad():
+        both(model, batch), one(model, batch)
+        hidden = model.seq2seq_hidden(**batch)
+        by_hand = seq2seq_loss(model, hidden[::2], batch["input_ids"][::2], batch["token_type_ids"][::2],
+                               batch["attention_mask"][::2])
+        all_rows = seq2seq_loss(model, hidden, batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    assert one.parts["seq2seq"][0] == pytest.approx(float(by_hand), rel=1e-5)
+    assert both.parts["seq2seq"][0] == pytest.approx(float(all_rows), rel=1e-5)
+    assert abs(float(by_hand) - float(all_rows)) > 1e-4
+    assert one.parts["similarity"] == pytest.approx(both.parts["similarity"])
+    with pytest.raises(ValueError, match="directions"):
+        simbert_step(directions="b_to_a")
+
+
 def test_filter_logits():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     assert torch.isinf(_filter_logits(logits, top_k=2, top_p=1.0)).tolist() == [[False, False, True, True]]
@@ -313,7 +357,7 @@ def _markdown_of(name, result):
                   "exact_ms_per_1k_queries": 1.0, "embeddings": "x", "params": {"M": 16, "ef_construction": 200, "ef": 64}}})
 
 
-@pytest.mark.parametrize("method", ["simbert", "mlm_then_simbert"])
+@pytest.mark.parametrize("method", ["simbert", "mlm_then_simbert", "simbert_example_to_gloss"])
 def test_benchmark_simbert_scores_generation(setup, method):
     """The benchmark's SimBERT methods run on a tiny budget and report generation before and after, by token F1
     and BLEU, with both floors; the MLM start counts its pretraining."""
@@ -324,8 +368,9 @@ def test_benchmark_simbert_scores_generation(setup, method):
     g = result.extra["generation"]
     assert result.steps == 3 and g["pairs"] == 8 and len(g["examples"]) == 3
     for metric in ("token_f1", "bleu"):
-        for key in ("before", "after", "copy_input", "frequent_words"):
+        for key in ("before", "after", "after_reranked", "copy_input", "frequent_words"):
             assert 0.0 <= g[f"{metric}_{key}"] <= 1.0, (metric, key)
+    assert g["seq2seq_directions"] == ("a_to_b" if method == "simbert_example_to_gloss" else "both")
     assert len(g["frequent_words"].split()) == bench.GEN_FLOOR_WORDS
     if method == "mlm_then_simbert":
         assert g["start"] == "an MLM start, 2 pretraining steps" and result.extra["pretrain_steps"] == 2
