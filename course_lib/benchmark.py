@@ -17,6 +17,7 @@ the whole corpus (or, when ``in_batch`` does not run, the last course encoder th
 import argparse
 import datetime
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -264,7 +265,7 @@ def run(preset: str, out: Path, methods: list[str] | None = None, merge: bool = 
     hnsw_source = None  # the in_batch encoder's embeddings, else the last course encoder's
     caps = {"train_seconds": cfg.train_seconds * CAP_FACTOR, "pretrain_seconds": cfg.pretrain_seconds * CAP_FACTOR}
     for name in names:
-        t0 = time.perf_counter()
+        t0, load0 = time.perf_counter(), os.getloadavg()[0]
         runs = []
         for k in range(seeds):
             try:
@@ -282,7 +283,9 @@ def run(preset: str, out: Path, methods: list[str] | None = None, merge: bool = 
             continue
         results["methods"][name] = summarize_seeds(runs, [cfg.seed + k for k in range(len(runs))]) | {
             "wall_seconds": round(time.perf_counter() - t0, 1), "date": results["date"], "commit": results["commit"],
-            "config": recorded_config(cfg), "wall_clock_caps": caps}
+            "config": recorded_config(cfg), "wall_clock_caps": caps,
+            # the 1-minute load average before and after: seconds measured beside other jobs read as upper bounds
+            "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)]}
         r = runs[0]
         if r.embeddings is not None and (hnsw_source is None or hnsw_source[0] != HNSW_ENCODER):
             hnsw_source = (name, r.embeddings)

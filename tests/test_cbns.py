@@ -365,6 +365,8 @@ def test_the_benchmark_budgets_in_steps_with_wide_caps(tmp_path, monkeypatch):
     assert seen == [(preset.seed, preset.train_seconds * bench.CAP_FACTOR, preset.pretrain_seconds * bench.CAP_FACTOR)]
     assert results["methods"]["fake"]["wall_clock_caps"]["train_seconds"] == preset.train_seconds * bench.CAP_FACTOR
     assert results["methods"]["fake"]["config"]["train_seconds"] == preset.train_seconds  # the preset's, as recorded
+    load = results["methods"]["fake"]["load_average"]  # before / after: the context of the seconds recorded
+    assert len(load) == 2 and all(isinstance(x, float) and x >= 0 for x in load)
 
 
 @pytest.mark.parametrize("name", ["random_then_in_batch", "mlm_then_in_batch"])
