@@ -54,6 +54,7 @@ from course_lib.plots import plot_attention_masks, plot_loss_curve, plot_recall_
 from course_lib.provenance import stale_methods
 from course_lib.simbert import (
     generate,
+    generate_reranked,
     held_out_pairs,
     make_pairs,
     make_simbert,
@@ -73,6 +74,7 @@ SCALE = 30.0  # SimBERT's similarity scale (= 1/τ) in the loss and in training;
 SHOW_PAIRS = 4  # pairs in the small batch we draw (8 rows)
 GEN_TEMPERATURE = 1.0  # sampling temperature for the "sampled" outputs
 GEN_TOP_P = 0.9  # nucleus size for the "sampled" outputs
+RERANK_SAMPLES = 8  # SimBERT's own decoding: outputs sampled per input (top-5 tokens), the closest to it kept
 
 # %%
 cfg = get_config(PRESET)
@@ -408,14 +410,22 @@ print(f"rows whose partner gets the largest probability: {partner_first} of {len
 # %% [markdown]
 # ## 8. Generation after training
 #
-# The same held-out pairs, greedy and sampled (temperature `GEN_TEMPERATURE`, top-p `GEN_TOP_P`):
+# The same held-out pairs, greedy and sampled (temperature `GEN_TEMPERATURE`, top-p `GEN_TOP_P`), and decoded
+# as SimBERT's own release decodes (Su, 2020; `gen_synonyms` in ZhuiyiTechnology/simbert): sample several outputs
+# from the 5 most likely tokens at each step, then keep the one whose sentence vector ([CLS], the retrieval
+# encoder trained alongside) is closest to the input's (`course_lib.simbert.generate_reranked`,
+# `RERANK_SAMPLES` samples). The similarity half of the model picks among what the generation half proposes.
 
 # %%
 greedy_after = generate(simbert, tokenizer, gen_src, no_repeat_ngram_size=2)
 sampled_after = generate(simbert, tokenizer, gen_src, do_sample=True, temperature=GEN_TEMPERATURE, top_p=GEN_TOP_P,
                          no_repeat_ngram_size=2, generator=torch.Generator().manual_seed(cfg.seed))
+reranked_after = generate_reranked(simbert, tokenizer, gen_src, n_samples=RERANK_SAMPLES, top_k=5,
+                                   no_repeat_ngram_size=2, generator=torch.Generator().manual_seed(cfg.seed))
 f1_after, f1_sampled = mean_token_f1(greedy_after, gen_ref), mean_token_f1(sampled_after, gen_ref)
-print(f"token F1: untrained {f1_before:.3f} → trained greedy {f1_after:.3f}, sampled {f1_sampled:.3f}; floors: "
+f1_reranked = mean_token_f1(reranked_after, gen_ref)
+print(f"token F1: untrained {f1_before:.3f} → trained greedy {f1_after:.3f}, sampled {f1_sampled:.3f}, "
+      f"{RERANK_SAMPLES} samples re-ranked {f1_reranked:.3f}; floors: "
       + ", ".join(f"{name} {f1:.3f}" for name, f1 in floors.items()))
 short = np.mean([len(out.split()) <= 3 for out in greedy_after])
 print(f"greedy outputs of at most three words: {short:.0%}; their most common output: "
@@ -423,7 +433,8 @@ print(f"greedy outputs of at most three words: {short:.0%}; their most common ou
 for i in range(3):
     print(f"\nA        : {gen_src[i]}\nreference: {gen_ref[i]}\nuntrained: {greedy_before[i]}"
           f"\ngreedy   : {greedy_after[i]}  (F1 {token_f1(greedy_after[i], gen_ref[i]):.2f})"
-          f"\nsampled  : {sampled_after[i]}  (F1 {token_f1(sampled_after[i], gen_ref[i]):.2f})")
+          f"\nsampled  : {sampled_after[i]}  (F1 {token_f1(sampled_after[i], gen_ref[i]):.2f})"
+          f"\nre-ranked: {reranked_after[i]}  (F1 {token_f1(reranked_after[i], gen_ref[i]):.2f})")
 
 # %%
 assert f1_after > f1_before, "generation should move towards the reference"
