@@ -27,11 +27,9 @@ plan, the seconds of every stage) and ``state/`` (checkpoints).
 
 import argparse
 import copy
-import hashlib
 import json
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -41,11 +39,18 @@ from course_lib.in_batch import _to, add_negatives
 from course_lib.losses import duplicate_mask, similarity_logits
 from course_lib.memory import MemoryBank
 from course_lib.models import encoder_from_bert, tokenize
-from course_lib.recipe_plan import _calibration_batches, _seconds_per_step, make_plan, steps_plan  # noqa: F401
+from course_lib.recipe_plan import (  # noqa: F401
+    _calibration_batches,
+    _seconds_per_step,
+    make_plan,
+    run_identity,
+    steps_plan,
+    training_pairs,
+)
 from course_lib.retromae import make_retromae, pretrain_batches, pretrain_texts, retromae_step
 from course_lib.samplers import NoDuplicateBatchSampler
 from course_lib.train import train
-from course_lib.utils import get_device, seed_everything
+from course_lib.utils import atomic_path, get_device, seed_everything
 
 PRETRAINING = (None, "mlm", "retromae")
 # the benchmark's budget for method full_recipe, in steps (reproducible on any machine, as every benchmark
@@ -129,15 +134,13 @@ class RecipeStep:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _write_json(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def finetune_batches(source: NegativeSource, model, examples, batch_size: int, start: int, seed: int, cfg):
@@ -273,34 +276,6 @@ def _finetune_stage(settings, cfg, data, tokenizer, plan, state: Path, seed: int
     return model, seconds, source, curve
 
 
-def _digest(items) -> str:
-    """The first 16 hex digits of the sha256 of ``items`` (JSON lines): which data a run folder was trained on."""
-    h = hashlib.sha256()
-    for item in items:
-        h.update(json.dumps(item, ensure_ascii=False).encode() + b"\n")
-    return h.hexdigest()[:16]
-
-
-def _training_pairs(data, batch_size: int, seed: int) -> list:
-    """The training pairs the recipe fine-tunes on, or a ValueError before any stage runs: none with its positive
-    in the corpus, or too few distinct positives (or queries) to fill one batch without duplicates."""
-    examples = [e for e in data.train if e.positive in data.corpus]
-    if not examples:
-        raise ValueError(f"{data.name!r} has {len(data.train)} training pairs, none with its positive in the corpus: "
-                         "the recipe fine-tunes on (query, positive) pairs, so it needs train.jsonl with corpus ids "
-                         "as positives (data/README.md's layout)")
-    try:
-        next(iter(NoDuplicateBatchSampler(examples, batch_size, torch.Generator().manual_seed(seed))))
-    except (ValueError, RuntimeError) as why:
-        n_pos, n_q = len({e.positive for e in examples}), len({e.query for e in examples})
-        raise ValueError(f"batch size {batch_size} is more than one batch of {data.name!r} can hold: no two pairs in a "
-                         f"batch may share a positive or a query (each would be a false negative of the other), and "
-                         f"its {len(examples)} training pairs have {n_pos} distinct positives and {n_q} distinct "
-                         f"queries; pass a smaller --batch-size N (RecipeSettings(batch_size=N) in Python), N at most "
-                         f"{min(n_pos, n_q)}") from why
-    return examples
-
-
 def run_recipe(data, tokenizer, cfg, out, *, minutes: float = 30.0, settings: RecipeSettings | None = None,
                steps: dict | None = None, progress: bool = True, curve_every: int = 0) -> dict:
     """Run (or resume) the recipe on ``data`` into ``out`` and return ``metrics.json``'s content.
@@ -325,18 +300,14 @@ def run_recipe(data, tokenizer, cfg, out, *, minutes: float = 30.0, settings: Re
         raise ValueError(f"curve_every ({curve_every}) must be a multiple of segment_steps ({settings.segment_steps}): "
                          "dev points are taken at the checkpoints")
     out = Path(out)
-    examples = _training_pairs(data, settings.batch_size, cfg.seed)  # checked before anything is written
+    examples = training_pairs(data, settings.batch_size, cfg.seed)  # checked before anything is written
     seed = cfg.seed
     seed_everything(seed, cfg.num_threads)
 
     def tqdm(**kw):
         return _tqdm(disable=not progress, **kw)
 
-    identity = {"data": data.name, "n_docs": len(data.corpus), "preset": cfg.preset, "seed": seed,
-                "settings": json.loads(json.dumps(asdict(settings))),
-                "corpus_sha256": _digest(sorted(data.corpus.items())),
-                "train_sha256": _digest([(e.query, e.positive) for e in examples]),  # in order: it sets the batches
-                "budget": {"minutes": minutes} if steps is None else {"steps": dict(steps)}}
+    identity = run_identity(data, cfg, settings, examples, {"minutes": minutes} if steps is None else {"steps": dict(steps)})
     plan_path = out / "plan.json"
     if plan_path.exists():
         recorded = json.loads(plan_path.read_text())

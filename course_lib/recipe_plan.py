@@ -3,14 +3,17 @@ on this machine (``make_plan``), or fixed step counts (``steps_plan``); both end
 first mining, Conan's checks and the learning-rate warm-up."""
 
 import copy
+import hashlib
+import json
 import statistics
 import time
+from dataclasses import asdict
 
 import torch
 
 from course_lib.hardneg import NegativeSource, mining_pairs
-from course_lib.mining import mine_hard_negatives
 from course_lib.in_batch import add_negatives
+from course_lib.mining import mine_hard_negatives
 from course_lib.models import encode, make_encoder, tokenize
 from course_lib.retromae import make_retromae, pretrain_batches, pretrain_texts, retromae_step
 from course_lib.samplers import NoDuplicateBatchSampler
@@ -114,6 +117,45 @@ def _schedule(settings, finetune_steps: int) -> dict:
     return {"hardneg_start_step": start,
             "check_every": max(1, (finetune_steps - start) // (checks + 1)) if checks else finetune_steps + 1,
             "warmup_steps": int(finetune_steps * settings.warmup_fraction)}
+
+
+def digest(items) -> str:
+    """The first 16 hex digits of the sha256 of ``items`` (JSON lines): which data a run folder was trained on."""
+    h = hashlib.sha256()
+    for item in items:
+        h.update(json.dumps(item, ensure_ascii=False).encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def training_pairs(data, batch_size: int, seed: int) -> list:
+    """The training pairs the recipe fine-tunes on, or a ValueError before any stage runs: none with its positive
+    in the corpus, or too few distinct positives (or queries) to fill one batch without duplicates."""
+    examples = [e for e in data.train if e.positive in data.corpus]
+    if not examples:
+        raise ValueError(f"{data.name!r} has {len(data.train)} training pairs, none with its positive in the corpus: "
+                         "the recipe fine-tunes on (query, positive) pairs, so it needs train.jsonl with corpus ids "
+                         "as positives (data/README.md's layout)")
+    try:
+        next(iter(NoDuplicateBatchSampler(examples, batch_size, torch.Generator().manual_seed(seed))))
+    except (ValueError, RuntimeError) as why:
+        n_pos, n_q = len({e.positive for e in examples}), len({e.query for e in examples})
+        raise ValueError(f"batch size {batch_size} is more than one batch of {data.name!r} can hold: no two pairs in a "
+                         f"batch may share a positive or a query (each would be a false negative of the other), and "
+                         f"its {len(examples)} training pairs have {n_pos} distinct positives and {n_q} distinct "
+                         f"queries; pass a smaller --batch-size N (RecipeSettings(batch_size=N) in Python), N at most "
+                         f"{min(n_pos, n_q)}") from why
+    return examples
+
+
+def run_identity(data, cfg, settings, examples, budget: dict) -> dict:
+    """What a run folder's ``plan.json`` records to refuse resuming with other data or arguments: the data set,
+    its size, preset, seed, the settings, digests of the corpus and of the training pairs (in order: it sets the
+    batches) and the budget (``{"minutes": m}`` or ``{"steps": {...}}``)."""
+    return {"data": data.name, "n_docs": len(data.corpus), "preset": cfg.preset, "seed": cfg.seed,
+            "settings": json.loads(json.dumps(asdict(settings))),
+            "corpus_sha256": digest(sorted(data.corpus.items())),
+            "train_sha256": digest([(e.query, e.positive) for e in examples]),
+            "budget": budget}
 
 
 def _calibration_batches(source, model, examples, batch_size, seed, cfg):
