@@ -13,7 +13,9 @@ Stages, each with its share of the budget (``RecipeSettings``):
    TopK-PercPos does (Moreira et al., 2024, arXiv:2407.15831, §3: keep s ≤ 95 % of the positive's score), then
    refreshed by Conan's dynamic rule (Li et al., 2024, arXiv:2408.15710, §2.2; notebook 05), and optionally a
    memory bank of slow (momentum) document vectors as extra negatives (notebook 04).
-3. ``index``: the corpus embedded and put in an HNSW index (Malkov & Yashunin, 2018, arXiv:1603.09320).
+3. ``index``: the corpus embedded and put in an HNSW index (Malkov & Yashunin, 2018, arXiv:1603.09320); then
+   the test split scored by the encoder alone and by a hybrid of it with BM25 (``course_lib.hybrid``: the fusion
+   weight α tuned on the dev split, reported as ``test_hybrid``; the exported model is the encoder alone).
 
 ``--minutes`` is turned into step counts once, at the start, by timing a few steps of each stage on this
 machine (``plan.json``); from then on the run is counted in steps, so it is reproducible and resumable.
@@ -35,10 +37,11 @@ from pathlib import Path
 import torch
 
 from course_lib.hardneg import HardNegSettings, NegativeSource, mining_pairs
+from course_lib.hybrid import dev_tuned_hybrid
 from course_lib.in_batch import _to, add_negatives
 from course_lib.losses import duplicate_mask, similarity_logits
 from course_lib.memory import MemoryBank
-from course_lib.models import encoder_from_bert, tokenize
+from course_lib.models import encode, encoder_from_bert, tokenize
 from course_lib.recipe_plan import (  # noqa: F401
     _calibration_batches,
     _seconds_per_step,
@@ -167,7 +170,6 @@ def finetune_batches(source: NegativeSource, model, examples, batch_size: int, s
 def _eval(model, tokenizer, data, cfg, split: str, index) -> dict:
     """Retrieval metrics of ``model`` on ``split``, searching ``index`` (which holds the corpus's embeddings)."""
     from course_lib.metrics import KS, retrieval_metrics
-    from course_lib.models import encode
 
     _, texts, relevant = data.split_items(split)
     ranked, _ = index.search(encode(model, tokenizer, texts, max_length=cfg.max_query_len), max(KS))
@@ -353,6 +355,9 @@ def run_recipe(data, tokenizer, cfg, out, *, minutes: float = 30.0, settings: Re
                    "test_hnsw": _eval(model, tokenizer, data, cfg, "test", index)}
         if data.queries.get("dev"):
             metrics["dev"] = _eval(model, tokenizer, data, cfg, "dev", exact)
+        hybrid = dev_tuned_hybrid(data, ids, docs, lambda t: encode(model, tokenizer, t, max_length=cfg.max_query_len))
+        if hybrid:  # dense + BM25, α tuned on dev (course_lib.hybrid)
+            metrics["test_hybrid"], metrics["hybrid"] = hybrid.pop("test"), hybrid
         bar.update(1)
         save_sentence_transformer(model, tokenizer, out / "model", max_seq_length=cfg.max_doc_len)
         bar.update(1)
@@ -399,7 +404,8 @@ def main(argv=None) -> None:
                                                       "finetune_steps": args.finetune_steps}
     result = run_recipe(data, tokenizer, cfg, args.out, minutes=args.minutes, settings=settings, steps=steps,
                         curve_every=args.curve_every)
-    print(json.dumps({"test": result["metrics"]["test"], "seconds": result["seconds"]}, indent=2))
+    shown = {k: result["metrics"][k] for k in ("test", "test_hybrid", "hybrid") if k in result["metrics"]}
+    print(json.dumps(shown | {"seconds": result["seconds"]}, indent=2))
 
 
 if __name__ == "__main__":

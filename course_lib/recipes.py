@@ -333,7 +333,8 @@ def run_full_recipe(cfg, data, tokenizer) -> MethodResult:
     r = run_recipe(data, tokenizer, cfg, out, progress=False, **BENCHMARK_BUDGET[cfg.preset])
     return MethodResult(r["metrics"]["test"], train_seconds=r["train_seconds"], steps=r["plan"]["finetune_steps"],
                         extra={"plan": r["plan"], "stage_seconds": r["seconds"], "mining_events": r["mining_events"],
-                               "test_hnsw": r["metrics"]["test_hnsw"], "dev_curve": r["metrics"].get("dev_curve")})
+                               "test_hnsw": r["metrics"]["test_hnsw"], "dev_curve": r["metrics"].get("dev_curve"),
+                               "test_hybrid": r["metrics"].get("test_hybrid"), "hybrid": r["metrics"].get("hybrid")})
 
 
 METHODS = {

@@ -78,6 +78,10 @@ def test_interrupted_run_resumes_to_the_same_metrics(small_folder, tmp_path):
     assert a["plan"] == b["plan"] and a["mining_events"] == [e | {"seconds": x["seconds"]} for e, x in
                                                               zip(b["mining_events"], a["mining_events"])]
     assert any(e["event"] == "mine" for e in a["mining_events"]), "the run should mine hard negatives"
+    # the hybrid with BM25: α chosen on dev (its table is there), the test scored at that α, and the same on resume
+    h = a["metrics"]["hybrid"]
+    assert h["alpha"] == max(map(float, h["dev_mrr@10_by_alpha"]), key=lambda x: (h["dev_mrr@10_by_alpha"][str(x)], x))
+    assert set(a["metrics"]["test_hybrid"]) == set(a["metrics"]["test"]) and b["metrics"]["hybrid"] == h
     # the exported model and index are there
     assert (out / "model" / "modules.json").exists() and (out / "index" / "hnsw.bin").exists()
 
