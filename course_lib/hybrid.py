@@ -20,7 +20,7 @@ import torch
 from course_lib.baselines import BM25
 from course_lib.metrics import KS, mrr_at_k, retrieval_metrics
 
-ALPHAS = tuple(round(0.5 + 0.05 * i, 2) for i in range(11))  # 0.5, 0.55, …, 1.0
+ALPHAS = tuple(round(0.05 * i, 2) for i in range(21))  # 0, 0.05, …, 1: BM25 alone to the encoder alone
 
 
 class HybridSearcher:
