@@ -56,7 +56,14 @@ from course_lib.metrics import evaluate
 from course_lib.models import encoder_from_bert
 from course_lib.plots import plot_attention_masks, plot_loss_curve, plot_recall_at_k
 from course_lib.provenance import stale_methods
-from course_lib.retromae import bottleneck_usage, make_retromae, pretrain, pretrain_batch, pretrain_texts, token_loss
+from course_lib.retromae import (
+    bottleneck_usage,
+    make_retromae,
+    pretrain,
+    pretrain_batch,
+    pretrain_texts,
+    token_loss,
+)
 from course_lib.tokenizer import load_tokenizer
 from course_lib.utils import seed_everything
 from course_lib.widgets import explore_retromae_masking
