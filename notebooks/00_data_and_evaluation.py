@@ -22,12 +22,14 @@
 # **Words.** Terms in bold are defined where they first appear; [GLOSSARY.md](../GLOSSARY.md) lists them all,
 # with the Chinese terms used in Chinese write-ups of these methods (负样本, 难负样本, 召回, …).
 #
-# **Run time** (2 CPU cores). FAST preset, the default: about 40 s once MiniLM's embeddings of the FAST corpus
-# are on disk (`pytest` makes them first, in `tests/test_minilm_baseline.py`), about a minute more the very
-# first time (MiniLM encodes 4,976 documents at ~60–130 texts/s). Full preset (`PRESET = "full"` below, or
-# `COURSE_FAST=0`; all 117,659 synsets), estimated from the benchmark's stage times: 10–15 minutes, plus 15–30
-# minutes the first time, while MiniLM encodes the corpus once (section 6: a progress bar, and an interrupted run
-# resumes where it stopped).
+# **Run time** (2 CPU cores; measured on 2026-12-01 on this repository's 2-core machine). FAST preset, the
+# default: 17 s under `pytest` with MiniLM's embeddings of the FAST corpus on disk (`pytest` makes them first, in
+# `tests/test_minilm_baseline.py`); about a minute more the very first time (MiniLM encodes 4,976 documents at
+# ~60–130 texts/s). Full preset (`PRESET = "full"` below, or `COURSE_FAST=0`; all 117,659 synsets): 28 minutes
+# (1,697 s) the first time, 20 minutes (1,222 s) of which MiniLM spends encoding the corpus once (section 6: a
+# progress bar, and an interrupted run resumes where it stopped); so about 8 minutes once those embeddings are
+# cached. The full-preset times were measured with low-priority jobs sharing the cores (load average 4–5), so they
+# are upper bounds.
 
 # %%
 import course_lib  # noqa: F401  first: sets OMP_WAIT_POLICY=PASSIVE before torch loads (2-core stalls otherwise)

@@ -19,9 +19,9 @@
 # **Words.** Terms in bold are defined where they first appear; [GLOSSARY.md](../GLOSSARY.md) lists them all,
 # with the Chinese terms of Chinese write-ups (批内负样本 in-batch negatives, 温度系数 temperature, 对比学习, …).
 #
-# **Run time** (2 CPU cores). FAST preset, the default: about 70 s. Full preset (`PRESET = "full"` below, or
-# `COURSE_FAST=0`): an estimated 25–30 minutes, from the benchmark's stage times (about 90 s for each of the
-# seven evaluations over 117,659 documents; a 600-step main run and four runs of 300 steps).
+# **Run time** (2 CPU cores; measured on 2026-12-01 on this repository's 2-core machine). FAST preset, the
+# default: 31 s under `pytest`. Full preset (`PRESET = "full"` below, or `COURSE_FAST=0`): 12 minutes (692 s),
+# measured with low-priority jobs sharing the cores (load average 4–5), so they are upper bounds.
 
 # %%
 import course_lib  # noqa: F401  first: sets OMP_WAIT_POLICY=PASSIVE before torch loads (2-core stalls otherwise)

@@ -26,10 +26,10 @@
 # generation before training, greedy and sampled after, scored by token F1 against two floors; similar-sentence
 # search and retrieval recall next to the in-batch model at equal budget; the benchmark's results at full scale.
 #
-# **Run time:** FAST, the default preset: about 75 s on 2 idle CPU cores (estimated from the 61 s of CPU time it
-# used; 145 s measured on 2 cores shared with other jobs). Full (`PRESET = "full"` in the parameters cell, or
-# `COURSE_FAST=0` in the environment): about 15 minutes on 2 cores, estimated from its per-step and
-# per-evaluation times.
+# **Run time** (2 CPU cores; measured on 2026-12-01 on this repository's 2-core machine). FAST preset, the
+# default: 41 s under `pytest`. Full (`PRESET = "full"` in the parameters cell, or `COURSE_FAST=0` in the
+# environment): 20 minutes (1,183 s), measured with low-priority jobs sharing the cores (load average 4–5), so
+# they are upper bounds.
 
 # %%
 import course_lib  # noqa: F401  first: sets OMP_WAIT_POLICY=PASSIVE before torch loads (2-core stalls otherwise)

@@ -28,10 +28,10 @@
 # three starts (random, MLM, RetroMAE) next to notebook 01's mean-pooled recipe, with recall curves on the test
 # split; the benchmark's results at full scale.
 #
-# **Run time:** FAST, the default preset: about 70 s on 2 idle CPU cores (estimated from the 65 s of CPU time it
-# used; 136 s measured on 2 cores shared with other jobs). Full (`PRESET = "full"` in the parameters cell, or
-# `COURSE_FAST=0` in the environment): about an hour on 2 cores (two pretrainings of `cfg.pretrain_steps` steps,
-# four fine-tunings; estimated from the benchmark's stage times).
+# **Run time** (2 CPU cores; measured on 2026-12-01 on this repository's 2-core machine). FAST preset, the
+# default: 56 s under `pytest`. Full (`PRESET = "full"` in the parameters cell, or `COURSE_FAST=0` in the
+# environment): 61 minutes (3,687 s), measured with low-priority jobs sharing the cores (load average 4–5), so
+# they are upper bounds: two pretrainings of `cfg.pretrain_steps` steps and four fine-tunings.
 
 # %%
 import course_lib  # noqa: F401  first: sets OMP_WAIT_POLICY=PASSIVE before torch loads (2-core stalls otherwise)
