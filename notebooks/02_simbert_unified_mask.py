@@ -27,7 +27,7 @@
 # search and retrieval recall next to the in-batch model at equal budget; the benchmark's results at full scale.
 #
 # **Run time** (2 CPU cores; measured on 2026-12-01 on this repository's 2-core machine). FAST preset, the
-# default: 41 s under `pytest`. Full (`PRESET = "full"` in the parameters cell, or `COURSE_FAST=0` in the
+# default: 42 s under `pytest`. Full (`PRESET = "full"` in the parameters cell, or `COURSE_FAST=0` in the
 # environment): 20 minutes (1,183 s), measured with low-priority jobs sharing the cores (load average 4–5), so
 # they are upper bounds.
 

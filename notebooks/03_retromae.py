@@ -29,7 +29,7 @@
 # split; the benchmark's results at full scale.
 #
 # **Run time** (2 CPU cores; measured on 2026-12-01 on this repository's 2-core machine). FAST preset, the
-# default: 56 s under `pytest`. Full (`PRESET = "full"` in the parameters cell, or `COURSE_FAST=0` in the
+# default: 52 s under `pytest`. Full (`PRESET = "full"` in the parameters cell, or `COURSE_FAST=0` in the
 # environment): 61 minutes (3,687 s), measured with low-priority jobs sharing the cores (load average 4–5), so
 # they are upper bounds: two pretrainings of `cfg.pretrain_steps` steps and four fine-tunings.
 
