@@ -127,9 +127,12 @@ def train_in_batch(
     eval_fn=None,
     eval_every: int | None = None,
     progress: bool = True,
+    warmup_steps: int = 0,
+    decay: str = "constant",
 ) -> tuple[torch.nn.Module, History]:
     """Supervised in-batch training on ``data.train`` (a new encoder unless ``model`` is given), with the
-    preset's temperature, learning rate, step budget and wall-clock cap."""
+    preset's temperature, learning rate, step budget and wall-clock cap; ``warmup_steps`` and ``decay`` shape
+    the learning rate as ``course_lib.train.train`` does (default: constant)."""
     device = get_device()
     model = (model or make_encoder(cfg, tokenizer)).to(device)
     generator = generator or torch.Generator().manual_seed(cfg.seed)
@@ -146,6 +149,8 @@ def train_in_batch(
         eval_fn=eval_fn,
         eval_every=eval_every,
         progress=progress,
+        warmup_steps=warmup_steps,
+        decay=decay,
         desc=f"in-batch B={batch_size}" + (f" +{n_hard} hard" if n_hard else ""),
     )
     return model, history

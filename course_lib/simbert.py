@@ -224,13 +224,16 @@ def train_simbert(
     eval_fn=None,
     eval_every: int | None = None,
     progress: bool = True,
+    warmup_steps: int = 0,
 ) -> tuple[SimBERT, History, dict[str, list[float]]]:
     """Joint seq2seq + similarity training on ``pairs`` (default: example ↔ gloss from ``data.train``), the
     seq2seq loss in both directions (the reference) or ``directions="a_to_b"`` (e.g. example → gloss only).
 
     ``batch_size`` counts pairs (each gives two rows; default ``cfg.simbert_pairs``). The learning rate is
     ``cfg.simbert_lr``: [CLS] pooling from scratch collapses at the higher lr the mean-pooled in-batch model
-    uses. Returns the model, the loop's history (total loss) and the two loss parts per step.
+    uses. ``warmup_steps`` > 0 ramps the lr up linearly over those steps and then decays it linearly to 0 (transformers'
+    ``get_linear_schedule_with_warmup``; notebook 02 measures what it does to collapse). Returns the model, the loop's history (total loss) and the two
+    loss parts per step.
     """
     pairs = pairs if pairs is not None else make_pairs(data, "gloss")
     device = get_device()
@@ -250,6 +253,8 @@ def train_simbert(
         eval_fn=eval_fn,
         eval_every=eval_every,
         progress=progress,
+        warmup_steps=warmup_steps,
+        decay="linear" if warmup_steps else "constant",
         desc=f"SimBERT {batch_size} pairs",
     )
     return model, history, step.parts
