@@ -54,6 +54,11 @@ def test_plot_recall_at_k():
     np.testing.assert_allclose(ax.lines[0].get_xdata(), [1, 10, 100])
     np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.26, 0.78, 0.97])
     assert "bm25" in ax.get_legend().get_texts()[0].get_text()
+    assert ax.get_ylim() == (0, 1) and ax.get_ylabel() == "Recall@k"
+    # a hard task (every recall ≤ 0.25, as Chinese idioms): the axis is cut above the largest value, and says so
+    low = {"bm25": {"recall@1": 0.002, "recall@10": 0.016, "recall@100": 0.046}}
+    ax_low = plots.plot_recall_at_k(low).axes[0]
+    assert ax_low.get_ylim() == pytest.approx((0, 0.046 * 1.15)) and "cut" in ax_low.get_ylabel()
     # ks restricts the points; an ax can be passed in
     fig2, ax2 = plt.subplots()
     assert plots.plot_recall_at_k(METRICS, ks=[1, 10], ax=ax2) is fig2
