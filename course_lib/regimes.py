@@ -3,19 +3,20 @@
 Three questions, each answered by runs over several seeds and stored in one JSON file that the notebooks read:
 
 - ``lr_sweep`` (notebook 03): does RetroMAE's start beat MLM's once each is fine-tuned in the regime that suits
-  it? The RetroMAE reference fine-tunes gently (lr 2e-5, warm-up then linear decay; Xiao et al., 2022,
-  arXiv:2205.12035, §4.1), the course at a constant 1e-3. Every start (random, MLM, RetroMAE) is fine-tuned at
-  each lr of ``LRS`` with a 10 % warm-up and linear decay, and at the course's constant lr, with a dev curve.
+  it? The RetroMAE reference fine-tunes gently (lr 2e-5 with a linear decay: staoxiao/RetroMAE,
+  examples/retriever/msmarco/README.md), the course at a constant 1e-3. Every start (random, MLM, RetroMAE) is
+  fine-tuned at each lr of ``LRS`` with a 10 % warm-up and linear decay, and at the course's constant lr, with a
+  dev curve.
 - ``small_folder`` (notebook 03): the same starts on a user-style folder cut from the corpus
-  (``course_lib.folder.write_folder``) with few training pairs, where pretraining has more to give.
+  (``course_lib.folder.write_folder``) with few training pairs, where pretraining is expected to matter more.
 - ``collapse`` (notebook 02): SimBERT from random weights at several lrs, with and without a warm-up. A batch
   whose pooled vectors are all equal has a similarity loss of exactly ln(2n − 1) and a zero gradient through it;
   we record the loss, the mean pairwise cosine of pooled [CLS] vectors on dev queries, and dev R@10.
 
 Pretrained starts are cached (``cache_dir()/starts``, keyed by the data, the preset's pretraining knobs and the
 seed), so a rerun costs only the fine-tuning. ``python -m course_lib.regimes --preset fast --out
-results/fast/regimes.json`` runs all three (about 40 minutes on 2 cores); ``--only`` runs some and keeps the
-others already in the file.
+results/fast/regimes.json`` runs all three (measured: 53, 14 and 18 minutes on 2 cores shared with other
+jobs); ``--only`` runs some and keeps the others already in the file.
 """
 
 import argparse

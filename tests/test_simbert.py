@@ -144,6 +144,21 @@ def test_similarity_loss_gradient_float64():
     assert torch.autograd.gradcheck(lambda x: simbert_similarity_loss(x, scale=3.0), (cls,))
 
 
+def test_a_collapsed_batch_sits_at_ln_2n_minus_1_with_no_gradient():
+    """Notebook 02, section 7: when every pooled vector points the same way (lengths may differ), the loss is
+    ln(2n − 1) and its gradient is zero, since each cosine is at its maximum; a batch near collapse has a small,
+    non-zero gradient."""
+    v = torch.randn(1, 6, dtype=torch.float64)
+    cls = (v * torch.tensor([[1.0], [2.0], [0.5], [3.0], [1.5], [0.7]], dtype=torch.float64)).requires_grad_(True)
+    loss = simbert_similarity_loss(cls)
+    loss.backward()
+    assert loss.item() == pytest.approx(math.log(5), abs=1e-9)
+    assert cls.grad.abs().max() < 1e-9
+    near = (cls.detach() + 1e-2 * torch.randn(6, 6, dtype=torch.float64)).requires_grad_(True)
+    simbert_similarity_loss(near).backward()
+    assert near.grad.abs().max() > 1e-6
+
+
 def test_seq2seq_targets(setup):
     """Seq2seq targets: one loss term per non-pad segment-1 token; the first B token is predicted from the
     position of A's [SEP]."""
