@@ -181,13 +181,19 @@ RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 CAP_FACTOR = 10
 
 
+def stored_json(preset: str, name: str, key: str, command: str) -> dict:
+    """``key`` of the repository's ``results/<preset>/<name>``; a missing file raises with the ``command`` that
+    makes it."""
+    path = RESULTS_DIR / preset / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; run {command}")
+    return json.loads(path.read_text())[key]
+
+
 def stored_results(preset: str) -> dict:
     """The methods of the repository's ``results/<preset>/results.json`` (each records its date and commit)."""
-    path = RESULTS_DIR / preset / "results.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; run python -m course_lib.benchmark --preset {preset} "
-                                f"--out results/{preset}")
-    return json.loads(path.read_text())["methods"]
+    return stored_json(preset, "results.json", "methods",
+                       f"python -m course_lib.benchmark --preset {preset} --out results/{preset}")
 
 
 def mean_sd(m: dict, key: str) -> str:

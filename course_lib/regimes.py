@@ -49,13 +49,10 @@ PROBES = ("lr_sweep", "small_folder", "collapse")
 def stored_regimes(preset: str = "fast") -> dict:
     """The probes of the repository's ``results/<preset>/regimes.json`` (each records its command, commit and
     date), for the notebooks."""
-    from course_lib.benchmark import RESULTS_DIR
+    from course_lib.benchmark import stored_json
 
-    path = RESULTS_DIR / preset / "regimes.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; run python -m course_lib.regimes --preset {preset} "
-                                f"--out results/{preset}/regimes.json")
-    return json.loads(path.read_text())["probes"]
+    return stored_json(preset, "regimes.json", "probes",
+                       f"python -m course_lib.regimes --preset {preset} --out results/{preset}/regimes.json")
 
 
 def regime_name(lr: float, schedule: str) -> str:
