@@ -12,11 +12,14 @@ Three questions, each answered by runs over several seeds and stored in one JSON
 - ``collapse`` (notebook 02): SimBERT from random weights at several lrs, with and without a warm-up. A batch
   whose pooled vectors are all equal has a similarity loss of exactly ln(2n − 1) and a zero gradient through it;
   we record the loss, the mean pairwise cosine of pooled [CLS] vectors on dev queries, and dev R@10.
+- ``pretrain_schedule`` (notebook 03): MLM and RetroMAE pretrained at a constant lr and in the reference's shape
+  (warm-up, then linear decay: staoxiao/RetroMAE, examples/pretrain/README.md), same peak lr and steps.
 
-Pretrained starts are cached (``cache_dir()/starts``, keyed by the data, the preset's pretraining knobs and the
-seed), so a rerun costs only the fine-tuning. ``python -m course_lib.regimes --preset fast --out
-results/fast/regimes.json`` runs all three (measured: 53, 14 and 18 minutes on 2 cores shared with other
-jobs); ``--only`` runs some and keeps the others already in the file.
+Pretrained starts are cached (``cache_dir()/starts``, keyed by the data, the preset's pretraining knobs, the
+schedule and the seed; each is seeded before its model is built, so it depends on its seed alone), so a rerun
+costs only the fine-tuning. ``python -m course_lib.regimes --preset fast --out results/fast/regimes.json`` runs
+all four (the first three measured 53, 14 and 18 minutes on 2 cores shared with other jobs); ``--only`` runs
+some and keeps the others already in the file.
 """
 
 import argparse
@@ -40,10 +43,11 @@ from course_lib.utils import atomic_path, cache_dir, seed_everything
 STARTS = ("random", "mlm", "retromae")
 LRS = (1e-4, 3e-4, 1e-3)  # fine-tuning lrs with warm-up + linear decay (the references' schedule shape)
 WARMUP_FRACTION = 0.1
+SCHEDULES = ("constant", "warmup_linear")  # an lr held, or warmed up over WARMUP_FRACTION then decayed linearly to 0
 COLLAPSE_LRS = (3e-4, 2e-3)  # notebook 02: [CLS] from scratch learns at 3e-4 and collapses at 2e-3 without warm-up
 COLLAPSE_WARMUP = (0.0, 0.1)
 FOLDER = {"n_docs": 1500, "n_train": 300}  # a small user-style folder: 300 training pairs instead of 36,274
-PROBES = ("lr_sweep", "small_folder", "collapse")
+PROBES = ("lr_sweep", "small_folder", "collapse", "pretrain_schedule")
 
 
 def stored_regimes(preset: str = "fast") -> dict:
@@ -65,30 +69,38 @@ def _dev_scores(model, data, tokenizer, cfg) -> dict:
     return {"recall@10": round(m["recall@10"], 4), "mrr@10": round(m["mrr@10"], 4)}
 
 
-def _start_path(cfg, data, kind: str, seed: int) -> Path:
+def _start_path(cfg, data, kind: str, seed: int, schedule: str = "constant") -> Path:
     from course_lib.data import data_digest
 
     key = f"{data.name}-{data_digest(data)[:12]}-{cfg.preset}-{cfg.pretrain_steps}-{cfg.pretrain_lr:g}-" \
           f"{cfg.batch_size}-{cfg.hidden_size}x{cfg.num_layers}-{cfg.vocab_size}-s{seed}"
-    return Path(cache_dir()) / "starts" / f"{kind}-{key}.pt"
+    # "v2": seeded before the model is built (the first probes' starts, at commit 98cf8c2, were not)
+    return Path(cache_dir()) / "starts" / f"{kind}-{key}-{schedule}-v2.pt"
 
 
-def pretrained_start(cfg, data, tokenizer, kind: str, seed: int) -> tuple:
+def pretrained_start(cfg, data, tokenizer, kind: str, seed: int, schedule: str = "constant") -> tuple:
     """The encoder weights a fine-tuning starts from: ``None`` for "random", else the BERT of a seeded MLM or
-    RetroMAE pretraining on ``pretrain_texts(data)`` (cached on disk), and the pretraining's steps and seconds."""
+    RetroMAE pretraining on ``pretrain_texts(data)`` (cached on disk), and the pretraining's steps and seconds.
+    ``schedule``: the pretraining lr, "constant" (``cfg.pretrain_lr``) or "warmup_linear" (``WARMUP_FRACTION``
+    warm-up to ``cfg.pretrain_lr``, then linear decay to 0, as the RetroMAE reference pretrains)."""
     if kind not in STARTS:
         raise ValueError(f"kind must be one of {STARTS}, got {kind!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if kind == "random":
         return None, {"steps": 0, "seconds": 0.0}
-    path = _start_path(cfg, data, kind, seed)
+    path = _start_path(cfg, data, kind, seed, schedule)
+    seed_everything(seed, cfg.num_threads)  # the start's initial weights depend on the seed alone
     model = make_retromae(cfg, tokenizer, decoder=kind == "retromae")
     if path.exists():
         saved = torch.load(path, weights_only=False)
         model.bert.load_state_dict(saved["bert"])
         return model.bert, saved["info"]
-    seed_everything(seed, cfg.num_threads)
-    model, history, _ = pretrain(cfg.replace(seed=seed), pretrain_texts(data), tokenizer, model=model, progress=False)
-    info = {"steps": history.steps, "seconds": round(history.train_seconds, 1), "stopped": history.stopped}
+    warmup = int(cfg.pretrain_steps * WARMUP_FRACTION) if schedule == "warmup_linear" else 0
+    model, history, _ = pretrain(cfg.replace(seed=seed), pretrain_texts(data), tokenizer, model=model, progress=False,
+                                 warmup_steps=warmup, decay="linear" if warmup else "constant")
+    info = {"steps": history.steps, "seconds": round(history.train_seconds, 1), "stopped": history.stopped,
+            "schedule": schedule}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save({"bert": model.bert.state_dict(), "info": info}, tmp)
@@ -100,8 +112,8 @@ def finetune_run(cfg, data, tokenizer, bert, *, lr: float, schedule: str, seed: 
     """In-batch fine-tuning of ``cfg.train_steps`` from ``bert`` (None: random weights) at ``lr``, ``schedule``
     "constant" or "warmup_linear" (``WARMUP_FRACTION`` warm-up, then linear decay to 0): the dev curve (step 0
     included) and the test metrics."""
-    if schedule not in ("constant", "warmup_linear"):
-        raise ValueError(f"schedule must be 'constant' or 'warmup_linear', got {schedule!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     ft_cfg = cfg.replace(pooling=pooling, lr=lr, seed=seed)
     seed_everything(seed, cfg.num_threads)
     model = encoder_from_bert(ft_cfg, tokenizer, bert)
@@ -173,6 +185,33 @@ def lr_sweep(cfg, data, tokenizer, seeds) -> dict:
             "retromae_vs_mlm": verdict(rows[best["retromae"]], rows[best["mlm"]]),
             "mlm_vs_random": verdict(rows[best["mlm"]], rows[best["random"]]),
             "retromae_vs_random": verdict(rows[best["retromae"]], rows[best["random"]])}
+
+
+def pretrain_schedule(cfg, data, tokenizer, seeds) -> dict:
+    """MLM and RetroMAE pretrained at the preset's constant ``pretrain_lr`` and in the reference's shape
+    (``WARMUP_FRACTION`` warm-up to the same peak, then linear decay), same steps; each start fine-tuned in the
+    regime ``lr_sweep``'s dev curves picked for both pretrained starts (the course's constant ``finetune_lr``)."""
+    rows, info = {}, {}
+    for kind in ("mlm", "retromae"):
+        for schedule in SCHEDULES:
+            runs = []
+            for seed in seeds:
+                bert, pre = pretrained_start(cfg, data, tokenizer, kind, seed, schedule)
+                info.setdefault(f"{kind} | pretraining {schedule}", {})[f"seed {seed}"] = pre
+                runs.append(finetune_run(cfg, data, tokenizer, bert, lr=cfg.finetune_lr, schedule="constant", seed=seed))
+            rows[f"{kind} | pretraining {schedule}"] = {"start": kind, "pretraining_schedule": schedule,
+                                                        "pretrain_lr": cfg.pretrain_lr, **summarize(runs),
+                                                        "per_seed": runs}
+    return {"rows": rows, "pretraining": info, "finetune": regime_name(cfg.finetune_lr, "constant"),
+            "verdicts": {
+                "mlm: warmup_linear vs constant": verdict(rows["mlm | pretraining warmup_linear"],
+                                                          rows["mlm | pretraining constant"]),
+                "retromae: warmup_linear vs constant": verdict(rows["retromae | pretraining warmup_linear"],
+                                                               rows["retromae | pretraining constant"]),
+                "retromae vs mlm (warmup_linear)": verdict(rows["retromae | pretraining warmup_linear"],
+                                                           rows["mlm | pretraining warmup_linear"]),
+                "retromae vs mlm (constant)": verdict(rows["retromae | pretraining constant"],
+                                                      rows["mlm | pretraining constant"])}}
 
 
 def small_folder(cfg, data, tokenizer, seeds) -> dict:
@@ -259,7 +298,8 @@ def run(preset: str, out: Path, only=PROBES, seeds: int = 3) -> dict:
     cfg = get_config(preset).replace(train_seconds=math.inf, pretrain_seconds=math.inf)  # steps bind, not load
     data = load_dataset("wordnet", preset)
     tokenizer = load_tokenizer(data, cfg.vocab_size)
-    functions = {"lr_sweep": lr_sweep, "small_folder": small_folder, "collapse": collapse}
+    functions = {"lr_sweep": lr_sweep, "small_folder": small_folder, "collapse": collapse,
+                 "pretrain_schedule": pretrain_schedule}
     for name in PROBES:
         if name not in only:
             continue

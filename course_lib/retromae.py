@@ -235,10 +235,14 @@ def pretrain(
     decoder_mask_ratio: float | None = None,
     generator: torch.Generator | None = None,
     progress: bool = True,
+    warmup_steps: int = 0,
+    decay: str = "constant",
 ) -> tuple[RetroMAE, History, dict[str, list[float]]]:
     """RetroMAE pretraining on raw ``texts`` (``decoder=False``: plain MLM at the same steps, batch and
-    encoder masking), with the preset's ``pretrain_*`` settings. Returns the model, the loop's history (total
-    loss) and the loss parts per step (``encoder``, ``decoder``)."""
+    encoder masking), with the preset's ``pretrain_*`` settings. The lr is constant by default; ``warmup_steps``
+    and ``decay="linear"`` give the reference's shape (a linear warm-up over 10 % of the steps, then a linear decay
+    to 0: staoxiao/RetroMAE, examples/pretrain/README.md, lr 1e-4). Returns the model, the loop's
+    history (total loss) and the loss parts per step (``encoder``, ``decoder``)."""
     device = get_device()
     model = (model or make_retromae(cfg, tokenizer, decoder=decoder)).to(device)
     generator = generator or torch.Generator().manual_seed(cfg.seed)
@@ -256,5 +260,7 @@ def pretrain(
         time_budget_s=cfg.pretrain_seconds,
         progress=progress,
         desc="RetroMAE" if model.decoder is not None else "MLM",
+        warmup_steps=warmup_steps,
+        decay=decay,
     )
     return model, history, step.parts

@@ -123,6 +123,44 @@ def test_a_pretrained_start_is_cached_and_reloaded_unchanged(tiny, tmp_path, mon
     assert regimes.pretrained_start(cfg, data, tok, "random", 0)[0] is None
     with pytest.raises(ValueError, match="kind must be one of"):
         regimes.pretrained_start(cfg, data, tok, "bert", 0)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        regimes.pretrained_start(cfg, data, tok, "mlm", 0, "cosine")
+
+
+def test_a_start_depends_on_its_seed_alone(tiny, tmp_path, monkeypatch):
+    """Seeded before the model is built: whatever ran before in the process, seed s gives the same start."""
+    cfg, data, tok = tiny
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "a"))
+    first, _ = regimes.pretrained_start(cfg, data, tok, "retromae", 1)
+    torch.randn(1000)  # other work drawing from the global generator
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "b"))
+    second, _ = regimes.pretrained_start(cfg, data, tok, "retromae", 1)
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_the_pretraining_schedule_reaches_the_loop_and_the_cache_key(tiny, tmp_path, monkeypatch):
+    cfg, data, tok = tiny
+    cfg = cfg.replace(pretrain_steps=10)
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    seen = []
+    import course_lib.train as train_module
+
+    real = train_module.train
+
+    def spy(*args, **kwargs):
+        history = real(*args, **kwargs)
+        seen.append(list(history.lr_factors))
+        return history
+
+    monkeypatch.setattr("course_lib.retromae.train", spy)
+    _, info = regimes.pretrained_start(cfg, data, tok, "mlm", 0, "warmup_linear")
+    assert seen[-1] == pytest.approx([lr_factor(s, 1, 10, "linear") for s in range(10)])
+    assert info["schedule"] == "warmup_linear"
+    regimes.pretrained_start(cfg, data, tok, "mlm", 0, "constant")
+    assert seen[-1] == [1.0] * 10
+    paths = {regimes._start_path(cfg, data, "mlm", 0, s) for s in regimes.SCHEDULES}
+    assert len(paths) == 2 and all(p.exists() for p in paths)
 
 
 @pytest.mark.parametrize("kwargs, message", [({"only": ["nope"]}, "only must name"), ({"only": []}, "only must name"),
@@ -168,6 +206,24 @@ def test_stored_rows_are_the_summaries_of_their_seeds(probe):
     assert stored["retromae_vs_mlm"] == regimes.verdict(pick["retromae"], pick["mlm"])
     assert stored["mlm_vs_random"] == regimes.verdict(pick["mlm"], pick["random"])
     assert stored["retromae_vs_random"] == regimes.verdict(pick["retromae"], pick["random"])
+
+
+def test_stored_pretraining_schedule_rows_and_verdicts_follow_from_their_seeds():
+    stored = _stored()["pretrain_schedule"]
+    rows = stored["rows"]
+    assert set(rows) == {f"{k} | pretraining {s}" for k in ("mlm", "retromae") for s in regimes.SCHEDULES}
+    for name, row in rows.items():
+        again = regimes.summarize(row["per_seed"])
+        for key in ("recall@10", "recall@10_sd", "mrr@10", "mrr@10_sd"):
+            assert row[key] == pytest.approx(again[key], abs=1e-4), (name, key)
+        assert row["seeds"] >= 3 and all(s == "max_steps" for s in row["stopped"]), name
+        assert all(info["schedule"] == row["pretraining_schedule"] for info in stored["pretraining"][name].values())
+    for kind in ("mlm", "retromae"):
+        assert stored["verdicts"][f"{kind}: warmup_linear vs constant"] == regimes.verdict(
+            rows[f"{kind} | pretraining warmup_linear"], rows[f"{kind} | pretraining constant"])
+    for schedule in regimes.SCHEDULES:
+        assert stored["verdicts"][f"retromae vs mlm ({schedule})"] == regimes.verdict(
+            rows[f"retromae | pretraining {schedule}"], rows[f"mlm | pretraining {schedule}"])
 
 
 def test_stored_collapse_rows_count_their_collapsed_seeds():
