@@ -122,11 +122,13 @@ def run_simcse_unsup(cfg, data, tokenizer) -> MethodResult:
     return _trained_result(cfg, data, tokenizer, model, history)
 
 
-def _pretrain(cfg, data, tokenizer, decoder: bool):
+def _pretrain(cfg, data, tokenizer, decoder: bool, pairs: bool = False):
     """Seeded RetroMAE (``decoder=True``) or plain MLM pretraining on ``pretrain_texts`` for
-    ``cfg.pretrain_steps``: the model and its figures for results.json."""
+    ``cfg.pretrain_steps`` (``pairs``: MLM on pairs of texts, the rows SimBERT sees): the model and its figures
+    for results.json."""
     seed_everything(cfg.seed, cfg.num_threads)
-    pretrained, h_pre, parts = pretrain(cfg, pretrain_texts(data), tokenizer, decoder=decoder, progress=False)
+    pretrained, h_pre, parts = pretrain(cfg, pretrain_texts(data), tokenizer, decoder=decoder, progress=False,
+                                        pairs=pairs)
     return pretrained, {"pretrain_steps": h_pre.steps, "pretrain_seconds": round(h_pre.train_seconds, 1),
                         "pretrain_stopped": h_pre.stopped,
                         "pretrain_final_losses": {k: sum(v[-50:]) / len(v[-50:]) for k, v in parts.items() if v}}
@@ -188,10 +190,21 @@ def run_mlm_then_simbert(cfg, data, tokenizer, n_gen: int = 500) -> MethodResult
     the reference starts from pretrained BERT; fine-tuned at ``cfg.finetune_lr`` (a pretrained start takes the
     lr that collapses [CLS] from scratch). "Before" is the MLM start's generation; ``train_seconds`` counts
     both stages."""
-    pretrained, extra = _pretrain(cfg, data, tokenizer, decoder=False)
+    return _mlm_then_simbert(cfg, data, tokenizer, n_gen, pairs=False)
+
+
+def run_mlm_pairs_then_simbert(cfg, data, tokenizer, n_gen: int = 500) -> MethodResult:
+    """``mlm_then_simbert`` from an MLM start pretrained on *pairs* of texts (``[CLS] a [SEP] b [SEP]``, segment
+    ids 0 and 1, up to ``max_query_len + max_doc_len`` tokens): the rows SimBERT trains on. A start pretrained on
+    single texts never trained the segment-1 embedding nor the positions past ``max_doc_len``."""
+    return _mlm_then_simbert(cfg, data, tokenizer, n_gen, pairs=True)
+
+
+def _mlm_then_simbert(cfg, data, tokenizer, n_gen: int, pairs: bool) -> MethodResult:
+    pretrained, extra = _pretrain(cfg, data, tokenizer, decoder=False, pairs=pairs)
+    start = f"an MLM start{' on text pairs' if pairs else ''}, {extra['pretrain_steps']} pretraining steps"
     return _simbert_with_generation(cfg.replace(simbert_lr=cfg.finetune_lr), data, tokenizer,
-                                    simbert_from_pretrained(pretrained), f"an MLM start, {extra['pretrain_steps']} pretraining steps",
-                                    n_gen, extra)
+                                    simbert_from_pretrained(pretrained), start, n_gen, extra | {"pretrain_pairs": pairs})
 
 
 def _pretrain_then_in_batch(cfg, data, tokenizer, decoder: bool | None) -> MethodResult:
@@ -347,6 +360,7 @@ METHODS = {
     "simbert": run_simbert,
     "simbert_example_to_gloss": run_simbert_example_to_gloss,
     "mlm_then_simbert": run_mlm_then_simbert,
+    "mlm_pairs_then_simbert": run_mlm_pairs_then_simbert,
     "random_then_in_batch": run_random_then_in_batch,
     "mlm_then_in_batch": run_mlm_then_in_batch,
     "retromae_then_in_batch": run_retromae_then_in_batch,

@@ -90,8 +90,10 @@ class RetroMAE(torch.nn.Module):
         if self.decoder is not None:  # BERT's initialisation, as the reference applies the encoder's to its decoder
             self.decoder.apply(lambda m: bert_style_init(m, bert.config.initializer_range))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                         token_type_ids=token_type_ids).last_hidden_state  # (B, L, H)
 
     def decoder_streams(self, h: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The two decoder inputs (RetroMAE §3.2): query stream H1 = h + p_i (a raw position-table row, no
@@ -201,6 +203,33 @@ def pretrain_batches(tokenizer, texts: list[str], batch_size: int, max_length: i
             yield pretrain_batch(tokenizer, chunk, max_length, generator=generator, **ratios)
 
 
+def pair_pretrain_batches(tokenizer, texts: list[str], batch_size: int, max_length: int, *,
+                          generator: torch.Generator, encoder_mask_ratio: float = 0.3):
+    """Endless MLM batches whose rows are *pairs* of distinct texts drawn at random, ``[CLS] a [SEP] b [SEP]``
+    with ``token_type_ids`` 1 on b and up to ``max_length`` tokens: the input shape of BERT's own pretraining
+    (Devlin et al., 2019, §3.1, without its next-sentence task) and of SimBERT's seq2seq rows, so the segment-1
+    embedding and the positions past a single text's length are trained before SimBERT needs them. Words are
+    masked whole within their own segment. Keys: ``input_ids``, ``attention_mask``, ``token_type_ids``,
+    ``encoder_input_ids``, ``encoder_labels``."""
+    texts = list(dict.fromkeys(texts))
+    if 2 * batch_size > len(texts):
+        raise ValueError(f"a pair batch of {batch_size} rows needs {2 * batch_size} distinct texts, got {len(texts)}")
+    while True:
+        order = torch.randperm(len(texts), generator=generator).tolist()
+        for start in range(0, len(order) - 2 * batch_size + 1, 2 * batch_size):
+            chunk = [texts[i] for i in order[start:start + 2 * batch_size]]
+            enc = tokenizer(chunk[::2], chunk[1::2], padding=True, truncation="longest_first", max_length=max_length,
+                            return_token_type_ids=True, return_tensors="pt")
+            ids, att = enc["input_ids"], enc["attention_mask"]  # (B, L)
+            word_ids = torch.tensor([[-1 if w is None else w + 100_000 * s  # segment b's words numbered apart
+                                      for w, s in zip(enc.word_ids(b), enc.sequence_ids(b))] for b in range(len(ids))])
+            encoder_ids, labels = whole_word_mask(
+                ids, word_ids, mask_token_id=tokenizer.mask_token_id, vocab_size=len(tokenizer),
+                first_regular_id=len(tokenizer.all_special_ids), mask_ratio=encoder_mask_ratio, generator=generator)
+            yield {"input_ids": ids, "attention_mask": att, "token_type_ids": enc["token_type_ids"],
+                   "encoder_input_ids": encoder_ids, "encoder_labels": labels}
+
+
 def retromae_step():
     """A ``step_fn`` for ``course_lib.train.train``: encoder MLM loss, plus the decoder's reconstruction loss
     when the model has a decoder (RetroMAE §3.3: the two are summed). Parts go to ``step.parts``."""
@@ -208,7 +237,7 @@ def retromae_step():
     def step(model, batch):
         device = next(model.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
-        hidden = model(batch["encoder_input_ids"], batch["attention_mask"])  # (B, L, H)
+        hidden = model(batch["encoder_input_ids"], batch["attention_mask"], batch.get("token_type_ids"))  # (B, L, H)
         loss = mlm = token_loss(model, hidden, batch["encoder_labels"])
         step.parts["encoder"].append(mlm.item())
         if model.decoder is not None:
@@ -237,12 +266,17 @@ def pretrain(
     progress: bool = True,
     warmup_steps: int = 0,
     decay: str = "constant",
+    pairs: bool = False,
 ) -> tuple[RetroMAE, History, dict[str, list[float]]]:
     """RetroMAE pretraining on raw ``texts`` (``decoder=False``: plain MLM at the same steps, batch and
     encoder masking), with the preset's ``pretrain_*`` settings. The lr is constant by default; ``warmup_steps``
     and ``decay="linear"`` give the reference's shape (a linear warm-up over 10 % of the steps, then a linear decay
-    to 0: staoxiao/RetroMAE, examples/pretrain/README.md, lr 1e-4). Returns the model, the loop's
+    to 0: staoxiao/RetroMAE, examples/pretrain/README.md, lr 1e-4). ``pairs=True`` (MLM only) trains on
+    ``pair_pretrain_batches`` of ``cfg.max_query_len + cfg.max_doc_len`` tokens, the rows SimBERT will see. Returns the model, the loop's
     history (total loss) and the loss parts per step (``encoder``, ``decoder``)."""
+    if pairs and (decoder if model is None else model.decoder is not None):
+        raise ValueError("pairs=True is plain MLM pretraining: pass decoder=False (RetroMAE's decoder rebuilds one "
+                         "sentence from its [CLS] vector, not a pair)")
     device = get_device()
     model = (model or make_retromae(cfg, tokenizer, decoder=decoder)).to(device)
     generator = generator or torch.Generator().manual_seed(cfg.seed)
@@ -254,7 +288,9 @@ def pretrain(
     history = train(
         model,
         step,
-        pretrain_batches(tokenizer, texts, batch_size or cfg.batch_size, cfg.max_doc_len, generator=generator, **ratios),
+        (pair_pretrain_batches(tokenizer, texts, batch_size or cfg.batch_size, cfg.max_query_len + cfg.max_doc_len,
+                               generator=generator, encoder_mask_ratio=ratios["encoder_mask_ratio"]) if pairs else
+         pretrain_batches(tokenizer, texts, batch_size or cfg.batch_size, cfg.max_doc_len, generator=generator, **ratios)),
         optimizer=torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, weight_decay=0.01),
         max_steps=steps or cfg.pretrain_steps,
         time_budget_s=cfg.pretrain_seconds,

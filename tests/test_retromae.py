@@ -19,6 +19,7 @@ from course_lib.retromae import (
     RetroMAE,
     bottleneck_usage,
     make_retromae,
+    pair_pretrain_batches,
     pretrain,
     pretrain_batch,
     pretrain_texts,
@@ -339,6 +340,48 @@ def test_step_parts_and_pretraining_runs(setup):
     batch = pretrain_batch(tok, texts[:8], 48, generator=torch.Generator().manual_seed(0))
     total = step(make_retromae(CFG, tok), batch)
     assert math.isclose(total.item(), step.parts["encoder"][0] + step.parts["decoder"][0], rel_tol=1e-5)
+
+
+def test_pair_batches_are_two_segments_masked_within_each(setup):
+    """Pair rows: [CLS] a [SEP] b [SEP], segment id 1 exactly on b and its [SEP], longer than one text may be;
+    masked labels only on word tokens; a whole word lies in one segment (never merged across the [SEP])."""
+    data, tok = setup
+    texts = [data.documents[d] for d in sorted(data.corpus)[:400]]
+    batch = next(pair_pretrain_batches(tok, texts, 32, 80, generator=torch.Generator().manual_seed(0)))
+    ids, att, types = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+    assert ids.shape[0] == 32 and ids.shape[1] > CFG.max_doc_len  # pairs outgrow a single text's 48 tokens
+    for row in range(32):
+        n = int(att[row].sum())
+        seps = (ids[row, :n] == tok.sep_token_id).nonzero().flatten().tolist()
+        assert ids[row, 0] == tok.cls_token_id and len(seps) == 2 and seps[1] == n - 1
+        assert (types[row, :seps[0] + 1] == 0).all() and (types[row, seps[0] + 1:n] == 1).all()
+    special = torch.isin(ids, torch.tensor(tok.all_special_ids)) | ~att.bool()
+    marked = batch["encoder_labels"] != -100
+    assert not (marked & special).any() and 0.2 < marked.sum() / (~special).sum() < 0.4
+    assert torch.equal(batch["encoder_input_ids"][~marked], ids[~marked])
+    with pytest.raises(ValueError, match="distinct texts"):
+        next(pair_pretrain_batches(tok, texts[:10], 8, 80, generator=torch.Generator()))
+
+
+def test_pair_pretraining_reaches_segment_one_and_late_positions(setup):
+    """The reason for pairs: on single texts the segment-1 embedding and the positions past the text get no
+    gradient at all; on pairs both do."""
+    data, tok = setup
+    texts = [data.documents[d] for d in sorted(data.corpus)[:400]]
+    single = pretrain_batch(tok, texts[:32], CFG.max_doc_len, generator=torch.Generator().manual_seed(0))
+    pair = next(pair_pretrain_batches(tok, texts, 32, 80, generator=torch.Generator().manual_seed(0)))
+    late = slice(CFG.max_doc_len, pair["input_ids"].shape[1])
+    for batch, reached in ((single, False), (pair, True)):
+        seed_everything(0)
+        model = make_retromae(CFG, tok, decoder=False)
+        retromae_step()(model, batch).backward()
+        emb = model.bert.embeddings
+        assert (emb.token_type_embeddings.weight.grad[1].abs().sum() > 0) == reached
+        assert (emb.position_embeddings.weight.grad[late].abs().sum() > 0) == reached
+    with pytest.raises(ValueError, match="pass decoder=False"):
+        pretrain(CFG, texts, tok, decoder=True, pairs=True, steps=1, progress=False)
+    model, history, _ = pretrain(CFG, texts, tok, decoder=False, pairs=True, steps=3, batch_size=8, progress=False)
+    assert history.steps == 3
 
 
 def test_pretraining_is_deterministic(setup):

@@ -372,7 +372,7 @@ def _markdown_of(name, result):
                   "exact_ms_per_1k_queries": 1.0, "embeddings": "x", "params": {"M": 16, "ef_construction": 200, "ef": 64}}})
 
 
-@pytest.mark.parametrize("method", ["simbert", "mlm_then_simbert", "simbert_example_to_gloss"])
+@pytest.mark.parametrize("method", ["simbert", "mlm_then_simbert", "mlm_pairs_then_simbert", "simbert_example_to_gloss"])
 def test_benchmark_simbert_scores_generation(setup, method):
     """The benchmark's SimBERT methods run on a tiny budget and report generation before and after, by token F1
     and BLEU, with both floors; the MLM start counts its pretraining."""
@@ -387,8 +387,10 @@ def test_benchmark_simbert_scores_generation(setup, method):
             assert 0.0 <= g[f"{metric}_{key}"] <= 1.0, (metric, key)
     assert g["seq2seq_directions"] == ("a_to_b" if method == "simbert_example_to_gloss" else "both")
     assert len(g["frequent_words"].split()) == bench.GEN_FLOOR_WORDS
-    if method == "mlm_then_simbert":
-        assert g["start"] == "an MLM start, 2 pretraining steps" and result.extra["pretrain_steps"] == 2
+    if method in ("mlm_then_simbert", "mlm_pairs_then_simbert"):
+        pairs = method == "mlm_pairs_then_simbert"
+        assert g["start"] == f"an MLM start{' on text pairs' if pairs else ''}, 2 pretraining steps"
+        assert result.extra["pretrain_steps"] == 2 and result.extra["pretrain_pairs"] == pairs
         assert result.train_seconds > result.extra["pretrain_seconds"] > 0
     else:
         assert g["start"] == "random weights" and "pretrain_steps" not in result.extra
