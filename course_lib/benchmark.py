@@ -139,10 +139,12 @@ def to_markdown(results: dict) -> str:
     for name, m in results["methods"].items():
         if "generation" in m:
             g = m["generation"]
-            lines += ["", f"Generation ({name}, from {g['start']}): greedy on {g['pairs']} held-out test pairs, "
+            kind = "example → example" if g.get("pair_kind") == "example" else "example → gloss"
+            target = "target" if g.get("pair_kind") == "example" else "gloss"
+            lines += ["", f"Generation ({name}, from {g['start']}): greedy on {g['pairs']} held-out test pairs ({kind}), "
                       f"token F1 {g['token_f1_before']:.3f} → {g['token_f1_after']:.3f}, BLEU-4 {g['bleu_before']:.3f} → "
                       f"{g['bleu_after']:.3f} (before → after training); floors (F1 / BLEU-4): copying the input "
-                      f"{g['token_f1_copy_input']:.3f} / {g['bleu_copy_input']:.3f}, the most frequent gloss words "
+                      f"{g['token_f1_copy_input']:.3f} / {g['bleu_copy_input']:.3f}, the most frequent {target} words "
                       f"(\"{g['frequent_words']}\") {g['token_f1_frequent_words']:.3f} / {g['bleu_frequent_words']:.3f}."
                       + (f" SimBERT's own decoding (8 top-5 samples, the closest to the input kept): F1 "
                          f"{g['token_f1_after_reranked']:.3f}, BLEU-4 {g['bleu_after_reranked']:.3f}."

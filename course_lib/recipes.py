@@ -135,14 +135,16 @@ def _pretrain(cfg, data, tokenizer, decoder: bool, pairs: bool = False):
 
 
 def _simbert_with_generation(cfg, data, tokenizer, model, start: str, n_gen: int, extra: dict,
-                             directions: str = "both") -> MethodResult:
-    """Train ``model`` with SimBERT's recipe and score generation: greedy outputs (no repeated bigram) for
-    ``n_gen`` held-out test sentences, before and after training, and after training also SimBERT's own decoding
-    (``generate_reranked``: 8 samples from the top 5 tokens, the one closest to the input kept), by token F1 and
-    corpus BLEU-4, next to two floors (copying the input; the most frequent gloss words), plus three examples."""
-    src, ref = held_out_pairs(data, "test", min(n_gen, len(data.queries["test"])), cfg.seed)
+                             directions: str = "both", pair_kind: str = "gloss") -> MethodResult:
+    """Train ``model`` with SimBERT's recipe on ``make_pairs(data, pair_kind)`` and score generation: greedy
+    outputs (no repeated bigram) for up to ``n_gen`` held-out test pairs of the same kind (example → gloss, or
+    example → another example of its sense), before and after training, and after training also SimBERT's own
+    decoding (``generate_reranked``: 8 samples from the top 5 tokens, the one closest to the input kept), by
+    token F1 and corpus BLEU-4, next to two floors (copying the input; the most frequent target words), plus
+    three examples."""
+    src, ref = (column[:n_gen] for column in held_out_pairs(data, "test", None, cfg.seed, kind=pair_kind))
     before = generate(model, tokenizer, src, no_repeat_ngram_size=2)
-    pairs = make_pairs(data, "gloss")
+    pairs = make_pairs(data, pair_kind)
     seed_everything(cfg.seed, cfg.num_threads)
     model, history, _ = train_simbert(cfg, data, tokenizer, pairs=pairs, model=model, directions=directions,
                                       progress=False)
@@ -159,6 +161,7 @@ def _simbert_with_generation(cfg, data, tokenizer, model, start: str, n_gen: int
         "pairs": len(src),
         "start": start,
         "seq2seq_directions": directions,
+        "pair_kind": pair_kind,
         "frequent_words": common,
         **{f"token_f1_{k}": round(mean_token_f1(v, ref), 4) for k, v in scored.items()},
         **{f"bleu_{k}": round(corpus_bleu(v, ref), 4) for k, v in scored.items()},
@@ -183,6 +186,14 @@ def run_simbert_example_to_gloss(cfg, data, tokenizer, n_gen: int = 500) -> Meth
     seed_everything(cfg.seed, cfg.num_threads)
     return _simbert_with_generation(cfg, data, tokenizer, make_simbert(cfg, tokenizer), "random weights", n_gen, {},
                                     directions="a_to_b")
+
+
+def run_simbert_example_pairs(cfg, data, tokenizer, n_gen: int = 500) -> MethodResult:
+    """``simbert`` trained on pairs of two example sentences of one sense (``make_pairs(data, "example")``), the
+    same register on both sides as the reference's paraphrase pairs, and scored on generating another example
+    of a held-out sense. Retrieval is still example → gloss, which these pairs never show."""
+    return _simbert_with_generation(cfg, data, tokenizer, make_simbert(cfg, tokenizer), "random weights", n_gen, {},
+                                    pair_kind="example")
 
 
 def run_mlm_then_simbert(cfg, data, tokenizer, n_gen: int = 500) -> MethodResult:
@@ -359,6 +370,7 @@ METHODS = {
     "in_batch": run_in_batch,
     "simbert": run_simbert,
     "simbert_example_to_gloss": run_simbert_example_to_gloss,
+    "simbert_example_pairs": run_simbert_example_pairs,
     "mlm_then_simbert": run_mlm_then_simbert,
     "mlm_pairs_then_simbert": run_mlm_pairs_then_simbert,
     "random_then_in_batch": run_random_then_in_batch,

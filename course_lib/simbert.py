@@ -63,15 +63,26 @@ def make_pairs(data, kind: str = "gloss") -> list[SimPair]:
     return pairs
 
 
-def held_out_pairs(data, split: str = "test", n: int = 100, seed: int = 0) -> tuple[list[str], list[str]]:
-    """``n`` (example sentence, gold document) pairs of a held-out split, a seeded sample: the texts A to
-    generate from and the references to score against. Dev and test senses are never a training positive,
-    so the model has not seen these glosses."""
+def held_out_pairs(data, split: str = "test", n: int | None = 100, seed: int = 0,
+                   kind: str = "gloss") -> tuple[list[str], list[str]]:
+    """``n`` held-out pairs of a split (``None``: all of them), a seeded sample in a seeded order (the first
+    ``n`` of ``n=None``'s lists): the texts A to generate from and the references to score against. ``kind="gloss"``: an example sentence and its gold document; ``"example"``: an example and
+    another example of the same sense (senses with two or more). Dev and test senses are never a training
+    positive, so the model has seen neither their glosses nor their examples."""
     ids, texts, relevant = data.split_items(split)
-    if not 1 <= n <= len(ids):
-        raise ValueError(f"n must be between 1 and the {len(ids)} {split} queries, got {n}")
-    pick = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))[:n].tolist()
-    return [texts[i] for i in pick], [data.documents[min(relevant[i])] for i in pick]
+    if kind == "gloss":
+        items = [(texts[i], data.documents[min(relevant[i])]) for i in range(len(ids))]
+    elif kind == "example":
+        by_sense: dict[str, list[str]] = {}
+        for i in range(len(ids)):
+            by_sense.setdefault(min(relevant[i]), []).append(texts[i])
+        items = [(a, b) for sid in sorted(by_sense) for a, b in zip(by_sense[sid], by_sense[sid][1:2])]
+    else:
+        raise ValueError(f"kind must be 'gloss' or 'example', got {kind!r}")
+    if n is not None and not (isinstance(n, int) and 1 <= n <= len(items)):
+        raise ValueError(f"n must be between 1 and the {len(items)} {kind} pairs of split {split!r}, got {n}")
+    pick = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    return [items[i][0] for i in pick], [items[i][1] for i in pick]
 
 
 class SimBERT(torch.nn.Module):

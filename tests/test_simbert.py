@@ -328,6 +328,13 @@ def test_held_out_pairs(setup):
         assert not relevant[a] & trained  # a sense the model never trained on
     with pytest.raises(ValueError, match="n must be"):
         held_out_pairs(data, "test", 0)
+    # example pairs: two different example sentences of one held-out sense
+    src, ref = held_out_pairs(data, "test", 40, seed=0, kind="example")
+    assert len(src) == 40 and (src, ref) == held_out_pairs(data, "test", 40, seed=0, kind="example")
+    for a, r in zip(src, ref):
+        assert a != r and relevant[a] == relevant[r] and not relevant[a] & trained
+    with pytest.raises(ValueError, match="kind must be"):
+        held_out_pairs(data, "test", 5, kind="lemma")
 
 
 def test_corpus_bleu():
@@ -372,7 +379,8 @@ def _markdown_of(name, result):
                   "exact_ms_per_1k_queries": 1.0, "embeddings": "x", "params": {"M": 16, "ef_construction": 200, "ef": 64}}})
 
 
-@pytest.mark.parametrize("method", ["simbert", "mlm_then_simbert", "mlm_pairs_then_simbert", "simbert_example_to_gloss"])
+@pytest.mark.parametrize("method", ["simbert", "mlm_then_simbert", "mlm_pairs_then_simbert", "simbert_example_to_gloss",
+                                    "simbert_example_pairs"])
 def test_benchmark_simbert_scores_generation(setup, method):
     """The benchmark's SimBERT methods run on a tiny budget and report generation before and after, by token F1
     and BLEU, with both floors; the MLM start counts its pretraining."""
@@ -386,6 +394,9 @@ def test_benchmark_simbert_scores_generation(setup, method):
         for key in ("before", "after", "after_reranked", "copy_input", "frequent_words"):
             assert 0.0 <= g[f"{metric}_{key}"] <= 1.0, (metric, key)
     assert g["seq2seq_directions"] == ("a_to_b" if method == "simbert_example_to_gloss" else "both")
+    assert g["pair_kind"] == ("example" if method == "simbert_example_pairs" else "gloss")
+    if method == "simbert_example_pairs":  # the references are example sentences, not glosses
+        assert not {e["reference"] for e in g["examples"]} & set(data.documents.values())
     assert len(g["frequent_words"].split()) == bench.GEN_FLOOR_WORDS
     if method in ("mlm_then_simbert", "mlm_pairs_then_simbert"):
         pairs = method == "mlm_pairs_then_simbert"
@@ -396,6 +407,7 @@ def test_benchmark_simbert_scores_generation(setup, method):
         assert g["start"] == "random weights" and "pretrain_steps" not in result.extra
     line = _markdown_of(method, result)
     assert f"Generation ({method}, from {g['start']})" in line and "BLEU-4" in line
+    assert ("example → example" if method == "simbert_example_pairs" else "example → gloss") in line
 
 
 def test_training_learns_to_generate_and_retrieve(setup):
