@@ -312,6 +312,13 @@ def test_seeds_are_summarized_as_mean_and_spread():
     assert [s["recall@10"] for s in entry["per_seed"]] == [0.2, 0.4] and entry["memory_size"] == 0
     single = bench.summarize_seeds(runs[:1], [0])
     assert "spread" not in single and single["recall@10"] == 0.2
+    assert "generation" not in entry["per_seed"][0]
+    gen = [bench.MethodResult({k: v for k in bench.REPORTED}, train_seconds=1.0, steps=5,
+                              extra={"generation": {"start": "x", "token_f1_after": f, "bleu_after": f / 2}})
+           for v, f in ((0.2, 0.1), (0.4, 0.3))]
+    per_seed = bench.summarize_seeds(gen, [0, 1])["per_seed"]  # each seed's generation scores, not only the first's
+    assert [p["generation"] for p in per_seed] == [{"token_f1_after": 0.1, "bleu_after": 0.05},
+                                                   {"token_f1_after": 0.3, "bleu_after": 0.15}]
     with pytest.raises(ValueError, match="seeds must be a positive int"):
         bench.run("fast", None, ["bm25"], seeds=0)
 
