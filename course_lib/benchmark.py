@@ -30,6 +30,7 @@ import torch
 from course_lib.config import get_config
 from course_lib.data import load_dataset
 from course_lib.index import ExactIndex, HNSWIndex, recall_vs_exact
+from course_lib.metrics import spread_verdict
 from course_lib.plots import plot_recall_at_k
 from course_lib.provenance import recorded_config
 from course_lib.recipes import (  # noqa: F401  (re-exported)
@@ -215,8 +216,7 @@ def ordering(a: dict, b: dict, key: str = "recall@10") -> tuple[float, str]:
     if "spread" not in a or "spread" not in b:
         return gap, "one seed: no ordering claimed"
     noise = max(a["spread"][key], b["spread"][key])
-    verdict = "within noise" if not abs(gap) > noise else ("above" if gap > 0 else "below")
-    return gap, f"{verdict} (largest sd {noise:.3f})"
+    return gap, f"{spread_verdict(gap, a['spread'][key], b['spread'][key])} (largest sd {noise:.3f})"
 
 
 def _generation_scores(r: MethodResult) -> dict:

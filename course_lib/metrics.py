@@ -221,3 +221,10 @@ def mean_token_f1(predictions: list[str], references: list[str]) -> float:
     """``token_f1`` averaged over pairs."""
     _check_generated(predictions, references)
     return sum(token_f1(p, r) for p, r in zip(predictions, references)) / len(predictions)
+
+
+def spread_verdict(gap: float, sd_a: float, sd_b: float) -> str:
+    """The course's rule for stating an ordering between two means over seeds: "above" / "below" only when the
+    gap ``a − b`` exceeds the larger of the two sample standard deviations, else "within noise"."""
+    noise = max(sd_a, sd_b)
+    return "within noise" if not abs(gap) > noise else ("above" if gap > 0 else "below")

@@ -34,7 +34,7 @@ import torch
 
 from course_lib.folder import load_folder, write_folder
 from course_lib.in_batch import train_in_batch
-from course_lib.metrics import evaluate
+from course_lib.metrics import evaluate, spread_verdict
 from course_lib.models import encode, encoder_from_bert
 from course_lib.retromae import make_retromae, pretrain, pretrain_texts
 from course_lib.simbert import train_simbert
@@ -146,9 +146,7 @@ def verdict(a: dict, b: dict, key: str = "recall@10") -> str:
     """"above" / "below" only when the gap of the means exceeds the larger standard deviation over seeds."""
     if a.get(f"{key}_sd") is None or b.get(f"{key}_sd") is None:
         return "one seed: no ordering"
-    noise = max(a[f"{key}_sd"], b[f"{key}_sd"])
-    gap = a[key] - b[key]
-    return "within noise" if not abs(gap) > noise else ("above" if gap > 0 else "below")
+    return spread_verdict(a[key] - b[key], a[f"{key}_sd"], b[f"{key}_sd"])
 
 
 def _starts_grid(cfg, data, tokenizer, seeds, regimes, pretrain_info) -> dict:

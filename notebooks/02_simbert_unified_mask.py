@@ -48,7 +48,15 @@ from course_lib.config import get_config
 from course_lib.data import load_dataset
 from course_lib.in_batch import train_in_batch
 from course_lib.masks import attention_bias, causal_mask, padding_mask, unilm_mask
-from course_lib.metrics import KS, evaluate, frequent_words, mean_token_f1, retrieval_metrics, token_f1
+from course_lib.metrics import (
+    KS,
+    evaluate,
+    frequent_words,
+    mean_token_f1,
+    retrieval_metrics,
+    spread_verdict,
+    token_f1,
+)
 from course_lib.models import encode
 from course_lib.plots import plot_attention_masks, plot_loss_curve, plot_recall_at_k, plot_similarity_matrix
 from course_lib.provenance import stale_methods
@@ -439,9 +447,10 @@ for name, row in collapse["rows"].items():
 
 
 def beyond_noise(a, b, key):
-    """Mean of ``a`` minus mean of ``b``, and whether the gap exceeds the larger standard deviation over seeds."""
+    """Mean of ``a`` minus mean of ``b``, and whether the gap exceeds the larger standard deviation over seeds
+    (the course's ordering rule, ``course_lib.metrics.spread_verdict``)."""
     gap = spread[a][key][0] - spread[b][key][0]
-    return gap, abs(gap) > max(spread[a][key][1], spread[b][key][1])
+    return gap, spread_verdict(gap, spread[a][key][1], spread[b][key][1]) != "within noise"
 
 
 for a, b in (("lr 0.002, warm-up 0%", "lr 0.0003, warm-up 0%"), ("lr 0.002, warm-up 10%", "lr 0.002, warm-up 0%"),

@@ -233,3 +233,16 @@ def test_stored_collapse_rows_count_their_collapsed_seeds():
     for name, row in stored["rows"].items():
         assert row["collapsed_seeds"] == sum(r["similarity_loss_end"] > floor - 0.05 for r in row["per_seed"]), name
         assert row["seeds"] >= 3
+
+
+@pytest.mark.parametrize("gap, sd_a, sd_b, expected", [(0.05, 0.01, 0.03, "above"), (-0.05, 0.03, 0.01, "below"),
+                                                       (0.02, 0.01, 0.03, "within noise"), (0.0, 0.0, 0.0, "within noise")])
+def test_one_ordering_rule_for_the_benchmark_the_regimes_and_the_notebooks(gap, sd_a, sd_b, expected):
+    from course_lib.benchmark import ordering
+    from course_lib.metrics import spread_verdict
+
+    assert spread_verdict(gap, sd_a, sd_b) == expected
+    a, b = {"recall@10": 0.5 + gap, "recall@10_sd": sd_a}, {"recall@10": 0.5, "recall@10_sd": sd_b}
+    assert regimes.verdict(a, b) == expected
+    stored_a = {"recall@10": 0.5 + gap, "spread": {"recall@10": sd_a}}
+    assert ordering(stored_a, {"recall@10": 0.5, "spread": {"recall@10": sd_b}})[1].startswith(expected)
