@@ -72,19 +72,25 @@ def tiny():
     return cfg, data, load_tokenizer(data, cfg.vocab_size)
 
 
-def test_the_fine_tuning_schedules_reach_the_loop(tiny, monkeypatch):
-    cfg, data, tok = tiny
-    seen = []
+def _spy_on_schedules(monkeypatch, where: str) -> list:
+    """Wrap the training loop imported at ``where``: each call's per-step lr factors are appended to the list
+    returned."""
     import course_lib.train as train_module
 
-    real = train_module.train
+    seen, real = [], train_module.train
 
     def spy(*args, **kwargs):
         history = real(*args, **kwargs)
         seen.append(list(history.lr_factors))
         return history
 
-    monkeypatch.setattr("course_lib.in_batch.train", spy)
+    monkeypatch.setattr(where, spy)
+    return seen
+
+
+def test_the_fine_tuning_schedules_reach_the_loop(tiny, monkeypatch):
+    cfg, data, tok = tiny
+    seen = _spy_on_schedules(monkeypatch, "course_lib.in_batch.train")
     out = regimes.finetune_run(cfg, data, tok, None, lr=3e-4, schedule="warmup_linear", seed=0, eval_every=5)
     assert seen[-1] == pytest.approx([lr_factor(s, 1, 10, "linear") for s in range(10)])
     assert [p["step"] for p in out["dev_curve"]] == [0, 5, 10] and out["steps"] == 10
@@ -143,17 +149,7 @@ def test_the_pretraining_schedule_reaches_the_loop_and_the_cache_key(tiny, tmp_p
     cfg, data, tok = tiny
     cfg = cfg.replace(pretrain_steps=10)
     monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
-    seen = []
-    import course_lib.train as train_module
-
-    real = train_module.train
-
-    def spy(*args, **kwargs):
-        history = real(*args, **kwargs)
-        seen.append(list(history.lr_factors))
-        return history
-
-    monkeypatch.setattr("course_lib.retromae.train", spy)
+    seen = _spy_on_schedules(monkeypatch, "course_lib.retromae.train")
     _, info = regimes.pretrained_start(cfg, data, tok, "mlm", 0, "warmup_linear")
     assert seen[-1] == pytest.approx([lr_factor(s, 1, 10, "linear") for s in range(10)])
     assert info["schedule"] == "warmup_linear"
