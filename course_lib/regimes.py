@@ -196,7 +196,8 @@ def pretrain_schedule(cfg, data, tokenizer, seeds) -> dict:
             for seed in seeds:
                 bert, pre = pretrained_start(cfg, data, tokenizer, kind, seed, schedule)
                 info.setdefault(f"{kind} | pretraining {schedule}", {})[f"seed {seed}"] = pre
-                runs.append(finetune_run(cfg, data, tokenizer, bert, lr=cfg.finetune_lr, schedule="constant", seed=seed))
+                runs.append(finetune_run(cfg, data, tokenizer, bert, lr=cfg.finetune_lr, schedule="constant",
+                                         seed=seed))
             rows[f"{kind} | pretraining {schedule}"] = {"start": kind, "pretraining_schedule": schedule,
                                                         "pretrain_lr": cfg.pretrain_lr, **summarize(runs),
                                                         "per_seed": runs}

@@ -272,8 +272,8 @@ def pretrain(
     encoder masking), with the preset's ``pretrain_*`` settings. The lr is constant by default; ``warmup_steps``
     and ``decay="linear"`` give the reference's shape (a linear warm-up over 10 % of the steps, then a linear decay
     to 0: staoxiao/RetroMAE, examples/pretrain/README.md, lr 1e-4). ``pairs=True`` (MLM only) trains on
-    ``pair_pretrain_batches`` of ``cfg.max_query_len + cfg.max_doc_len`` tokens, the rows SimBERT will see. Returns the model, the loop's
-    history (total loss) and the loss parts per step (``encoder``, ``decoder``)."""
+    ``pair_pretrain_batches`` of ``cfg.max_query_len + cfg.max_doc_len`` tokens, the rows SimBERT will see.
+    Returns the model, the loop's history (total loss) and the loss parts per step (``encoder``, ``decoder``)."""
     if pairs and (decoder if model is None else model.decoder is not None):
         raise ValueError("pairs=True is plain MLM pretraining: pass decoder=False (RetroMAE's decoder rebuilds one "
                          "sentence from its [CLS] vector, not a pair)")

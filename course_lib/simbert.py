@@ -66,9 +66,10 @@ def make_pairs(data, kind: str = "gloss") -> list[SimPair]:
 def held_out_pairs(data, split: str = "test", n: int | None = 100, seed: int = 0,
                    kind: str = "gloss") -> tuple[list[str], list[str]]:
     """``n`` held-out pairs of a split (``None``: all of them), a seeded sample in a seeded order (the first
-    ``n`` of ``n=None``'s lists): the texts A to generate from and the references to score against. ``kind="gloss"``: an example sentence and its gold document; ``"example"``: an example and
-    another example of the same sense (senses with two or more). Dev and test senses are never a training
-    positive, so the model has seen neither their glosses nor their examples."""
+    ``n`` of ``n=None``'s lists): the texts A to generate from and the references to score against.
+    ``kind="gloss"``: an example sentence and its gold document; ``"example"``: an example and another example
+    of the same sense (senses with two or more). Dev and test senses are never a training positive, so the
+    model has seen neither their glosses nor their examples."""
     ids, texts, relevant = data.split_items(split)
     if kind == "gloss":
         items = [(texts[i], data.documents[min(relevant[i])]) for i in range(len(ids))]
