@@ -5,9 +5,9 @@ where each query's extra negatives come from.
 - ``static``: mined once, with the model itself after its warm-up, from FlagEmbedding's rank window 10–210
   (``hn_mine.py``), then kept for the rest of the run.
 - ``ance``: ANCE's refresh (Xiong et al., 2021, arXiv:2007.00808, §4–5): the corpus is re-encoded and
-  re-indexed every ``ance_every`` steps and every query's negatives are re-drawn from the new index's top window.
+  re-indexed every ``ance_every`` steps after the first mining and every query's negatives are re-drawn from the new index's top window.
 - ``dynamic``: Conan-embedding's rule (Li et al., 2024, arXiv:2408.15710, §2.2): mined once from the window
-  [10, n + 10), then every ``check_every`` steps an example whose negatives stopped being hard (score·1.15 below
+  [10, n + 10), then every ``check_every`` steps after that an example whose negatives stopped being hard (score·1.15 below
   the score at mining, |score| < 0.8) gets replacements from the next window, ranked by the current model.
 
 All strategies train ``warmup_steps`` in-batch steps first (mining with a random encoder finds random
@@ -107,7 +107,8 @@ class NegativeSource:
         self.positives = [e.positive for e in examples]
         self.negatives: list[list[str]] | None = None  # per example, None until the first mining
         self.miner: DynamicHardNegativeMiner | None = None
-        self.refresher = AnceRefresher(settings.ance_every, settings.ance_range, settings.n_mined, seed=seed)
+        self.refresher = AnceRefresher(settings.ance_every, settings.ance_range, settings.n_mined, seed=seed,
+                                       start=settings.warmup_steps)
         self.log: list[dict] = []
         self.seconds = 0.0
 
@@ -138,7 +139,7 @@ class NegativeSource:
                 self.miner = DynamicHardNegativeMiner(
                     mined, self.positives, self.pool_ids, check_every=s.check_every, factor=s.factor,
                     abs_limit=s.abs_limit, offset=s.offset, query_texts=self.query_texts,
-                    doc_texts=self.doc_texts, seed=self.seed)
+                    doc_texts=self.doc_texts, seed=self.seed, start=step)
                 self.negatives = self.miner.negatives  # the miner edits these lists in place
         elif s.strategy == "ance" and (step == s.warmup_steps or self.refresher.due(step)):
             mined = self.refresher.refresh(step, self._queries(model), self.positives, self.pool_ids,

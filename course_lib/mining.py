@@ -255,10 +255,10 @@ class DynamicHardNegativeMiner:
     ``initial``, which should be mined with ``rank_range=conan_window(1, n)``; n = longest initial row) and
     ``history[e]``: ``(step, old_id, new_id, old_score)`` per replacement, old_score at replacement time.
 
-    At steps > 0 divisible by ``check_every``, ``maybe_update`` re-encodes queries and negatives with the
-    current model and applies ``should_replace``: ``per="example"`` (the paper records the average score of
-    an example's negatives) compares the means and replaces the whole row, ``per="negative"`` only the
-    negatives that fired. Replacements are sampled uniformly from the next window ``conan_window(window[e] +
+    At steps ``start + k·check_every`` (k ≥ 1; ``start``: the step of the initial mining), ``maybe_update``
+    re-encodes queries and negatives with the current model and applies ``should_replace``: ``per="example"``
+    (the paper records the average score of an example's negatives) compares the means and replaces the whole
+    row, ``per="negative"`` only the negatives that fired. Replacements are sampled uniformly from the next window ``conan_window(window[e] +
     1, n, offset)`` of a fresh search with the current model, ranks counted as in ``mine_hard_negatives``,
     skipping the row's kept negatives; no margin filter. The paper's first replacement uses ``[offset, n +
     offset)``, the initial window here, so the k-th replacement uses window k + 1 (re-mining window 1 would
@@ -267,10 +267,11 @@ class DynamicHardNegativeMiner:
 
     def __init__(self, initial: MinedNegatives, positive_ids, doc_ids, *, check_every=100, factor=1.15,
                  abs_limit=0.8, offset=10, sign_robust=False, per="example", query_texts=None, doc_texts=None,
-                 seed=0):
+                 seed=0, start=0):
         if not isinstance(initial, MinedNegatives):
             raise TypeError(f"initial must be a MinedNegatives, got {type(initial).__name__}")
         _check_int("check_every", check_every, 1)
+        _check_int("start", start, 0)
         _check_int("offset", offset, 0)
         _check_int("seed", seed, 0)
         should_replace(0.0, 0.0, factor, abs_limit)  # validates factor and abs_limit
@@ -283,6 +284,7 @@ class DynamicHardNegativeMiner:
         if self.n == 0:
             raise ValueError("initial holds no negatives at all; mine some with mine_hard_negatives first")
         self.check_every, self.factor, self.abs_limit, self.offset = check_every, factor, abs_limit, offset
+        self.start = start
         self.sign_robust, self.per, self._gen = sign_robust, per, torch.Generator().manual_seed(seed)
         self.negatives = [list(r) for r in initial.ids]
         self.initial_scores = [list(r) for r in initial.scores]
@@ -293,7 +295,7 @@ class DynamicHardNegativeMiner:
 
     def due(self, step: int) -> bool:
         _check_int("step", step, 0)
-        return step > 0 and step % self.check_every == 0
+        return step > self.start and (step - self.start) % self.check_every == 0
 
     def _encode_corpus(self, encode_docs: Callable, dim: int) -> torch.Tensor:
         corpus = _check_embeddings("encode_docs(doc_ids)", encode_docs(self.doc_ids), dim)  # (N, D)
@@ -377,24 +379,27 @@ class AnceRefresher:
     drawn uniformly from ranks ``rank_range`` (ANCE: one from the top 200, every 10k batches), positives
     excluded, via ``mine_hard_negatives`` with seed ``seed + step`` (refreshes draw independently). ANCE's
     trainer keeps the old index while an inferencer builds the next; here a build serves from its own step,
-    so negatives used at step t come from a checkpoint of step ≤ t. ``built_at_step``: the build now serving;
-    ``build_steps``: all builds."""
+    so negatives used at step t come from a checkpoint of step ≤ t. Refreshes are due every ``every`` steps
+    after ``start`` (the step of the first build). ``built_at_step``: the build now serving; ``build_steps``:
+    all builds."""
 
-    def __init__(self, every: int, rank_range=(0, 200), num_negatives: int = 1, seed: int = 0, fill="random"):
+    def __init__(self, every: int, rank_range=(0, 200), num_negatives: int = 1, seed: int = 0, fill="random",
+                 start: int = 0):
         _check_int("every", every, 1)
+        _check_int("start", start, 0)
         _check_int("num_negatives", num_negatives, 1)
         _check_int("seed", seed, 0)
         if fill not in ("random", None):
             raise ValueError(f"fill must be 'random' or None, got {fill!r}")
         self.every, self.rank_range, self.num_negatives = every, tuple(rank_range), num_negatives
-        self.seed, self.fill = seed, fill
+        self.seed, self.fill, self.start = seed, fill, start
         self.negatives: MinedNegatives | None = None
         self.built_at_step: int | None = None
         self.build_steps: list[int] = []
 
     def due(self, step: int) -> bool:
         _check_int("step", step, 0)
-        return step > 0 and step % self.every == 0
+        return step > self.start and (step - self.start) % self.every == 0
 
     def refresh(self, step: int, query_emb, positive_ids, doc_ids, doc_emb, query_texts=None,
                 doc_texts=None) -> MinedNegatives:

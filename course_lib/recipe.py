@@ -73,6 +73,7 @@ class RecipeSettings:
     pretrain_share: float = 0.25  # of the training minutes; the rest fine-tunes (mining included)
     batch_size: int = 128
     lr: float = 5e-4
+    temperature: float = 0.1  # of the fine-tuning softmax (the preset's Config.temperature, 0.05, is the notebooks')
     warmup_fraction: float = 0.05  # of the fine-tuning steps (linear warm-up, then linear decay to 0)
     hard_negatives: HardNegSettings = field(default_factory=lambda: HardNegSettings(
         strategy="dynamic", warmup_steps=0, n_mined=8, n_per_step=1, relative_margin=0.05))
@@ -94,8 +95,10 @@ class RecipeSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"RecipeSettings.{name} must be an int >= {low}, got {value!r}")
-        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not self.lr > 0:
-            raise ValueError(f"RecipeSettings.lr must be a positive number, got {self.lr!r}")
+        for name in ("lr", "temperature"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"RecipeSettings.{name} must be a positive number, got {value!r}")
 
 
 class RecipeStep:
@@ -244,7 +247,7 @@ def _finetune_stage(settings, cfg, data, tokenizer, plan, state: Path, seed: int
     hn = replace(settings.hard_negatives, warmup_steps=plan["hardneg_start_step"], check_every=plan["check_every"])
     examples, pool = mining_pairs(data)
     source = NegativeSource(hn, examples, pool, data, tokenizer, cfg, seed)
-    step_fn = RecipeStep(cfg.temperature, settings.memory_size, settings.momentum, model.dim, get_device())
+    step_fn = RecipeStep(settings.temperature, settings.memory_size, settings.momentum, model.dim, get_device())
     path, done, seconds, curve = state / "finetune.pt", 0, 0.0, []
     kept = ("negatives", "miner", "refresher", "log", "seconds")
     if path.exists():

@@ -93,7 +93,7 @@ def make_plan(settings, cfg, data, tokenizer, minutes: float, seed: int) -> dict
     hn = settings.hard_negatives
     source = NegativeSource(hn, examples, pool, data, tokenizer, cfg, seed)
     source.negatives = [[pool[(r + j + 1) % len(pool)] for j in range(hn.n_mined)] for r in range(len(examples))]
-    step_fn = RecipeStep(cfg.temperature, settings.memory_size, settings.momentum, model.dim, get_device())
+    step_fn = RecipeStep(settings.temperature, settings.memory_size, settings.momentum, model.dim, get_device())
     batches = _calibration_batches(source, model, examples, settings.batch_size, seed, cfg)
     per_step = _seconds_per_step(model, step_fn, batches, settings.lr)
     finetune_s = max(budget - pretrain_s - mining_s, per_step)

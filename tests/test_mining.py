@@ -333,6 +333,8 @@ def test_dynamic_no_check_off_cadence():
     assert miner.maybe_update(100, enc_q, enc_d) == 0  # same model: scores unchanged, nothing fires
     assert enc_q.calls == 1 and enc_d.calls == 1
     assert all(h == [] for h in miner.history) and miner.window == [1] * 6
+    late, *_ = dynamic_setup(check_every=100, start=30)  # mined at step 30: checks at 130, 230, ...
+    assert [s for s in range(0, 300) if late.due(s)] == [130, 230]
 
 
 @pytest.mark.parametrize("per", ["example", "negative"])
@@ -433,6 +435,8 @@ def test_ance_refresh_cadence_and_staleness():
     queries, positives, doc_ids, docs, *_ = corpus()
     refresher = AnceRefresher(every=10, rank_range=(0, 200), num_negatives=1, seed=3)
     assert [s for s in range(0, 61) if refresher.due(s)] == [10, 20, 30, 40, 50, 60]
+    late = AnceRefresher(every=10, start=7)  # counted from the first build, not from step 0
+    assert [s for s in range(0, 40) if late.due(s)] == [17, 27, 37]
     checkpoints = {}
     for step in range(0, 55):
         if step == 0 or refresher.due(step):
