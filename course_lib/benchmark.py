@@ -219,17 +219,20 @@ def ordering(a: dict, b: dict, key: str = "recall@10") -> tuple[float, str]:
     return gap, f"{spread_verdict(gap, a['spread'][key], b['spread'][key])} (largest sd {noise:.3f})"
 
 
-def _generation_scores(r: MethodResult) -> dict:
-    """A SimBERT run's generation scores (token F1 and BLEU-4 of each output and floor), kept per seed."""
-    g = (r.extra or {}).get("generation", {})
-    return {"generation": {k: v for k, v in g.items() if k.startswith(("token_f1_", "bleu_"))}} if g else {}
+def _seed_extras(r: MethodResult) -> dict:
+    """What a run reports besides ``REPORTED`` that is judged over seeds: a SimBERT run's generation scores
+    (token F1 and BLEU-4 of each output and floor) and the recipe's hybrid test metrics."""
+    extra = r.extra or {}
+    g = extra.get("generation", {})
+    out = {"generation": {k: v for k, v in g.items() if k.startswith(("token_f1_", "bleu_"))}} if g else {}
+    return out | ({"test_hybrid": extra["test_hybrid"]} if extra.get("test_hybrid") else {})
 
 
 def summarize_seeds(runs: list[MethodResult], seeds: list[int]) -> dict:
     """One results.json entry from a method's runs: the mean of each reported metric (and of the training cost),
     with ``spread`` (the sample standard deviation over seeds) and ``per_seed`` when there is more than one run.
     The extras (configuration, generation scores, step cost) are those of the first seed's run; each seed's
-    generation scores are also kept in ``per_seed``."""
+    generation scores and hybrid test metrics are also kept in ``per_seed``."""
     first = runs[0]
     entry = {k: statistics.fmean(r.metrics[k] for r in runs) for k in REPORTED} | {
         "train_seconds": round(statistics.fmean(r.train_seconds for r in runs), 1), "steps": first.steps}
@@ -237,7 +240,7 @@ def summarize_seeds(runs: list[MethodResult], seeds: list[int]) -> dict:
         entry["seeds"] = seeds
         entry["spread"] = {k: statistics.stdev(r.metrics[k] for r in runs) for k in REPORTED}
         entry["per_seed"] = [{k: r.metrics[k] for k in REPORTED} | {"seed": s, "steps": r.steps, "stopped": r.stopped}
-                             | _generation_scores(r) for r, s in zip(runs, seeds)]
+                             | _seed_extras(r) for r, s in zip(runs, seeds)]
     capped = [s for r, s in zip(runs, seeds) if "time_budget" in r.stopped]
     if capped:  # said in results.md and by ``ordering``: such a run's numbers depend on the machine's load
         entry["capped_seeds"] = capped

@@ -319,6 +319,11 @@ def test_seeds_are_summarized_as_mean_and_spread():
     per_seed = bench.summarize_seeds(gen, [0, 1])["per_seed"]  # each seed's generation scores, not only the first's
     assert [p["generation"] for p in per_seed] == [{"token_f1_after": 0.1, "bleu_after": 0.05},
                                                    {"token_f1_after": 0.3, "bleu_after": 0.15}]
+    hyb = [bench.MethodResult({k: v for k in bench.REPORTED}, train_seconds=1.0, steps=5,
+                              extra={"test_hybrid": {"mrr@10": v + 0.1}}) for v in (0.2, 0.4)]
+    per_seed = bench.summarize_seeds(hyb, [0, 1])["per_seed"]  # the recipe's hybrid, seed by seed
+    assert [p["test_hybrid"]["mrr@10"] for p in per_seed] == pytest.approx([0.3, 0.5])
+    assert "test_hybrid" not in entry["per_seed"][0]
     with pytest.raises(ValueError, match="seeds must be a positive int"):
         bench.run("fast", None, ["bm25"], seeds=0)
 
