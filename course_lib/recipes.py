@@ -13,6 +13,7 @@ import torch
 
 from course_lib.baselines import BM25, lexical_tokenize, minilm_embeddings
 from course_lib.cbns import BENCHMARK_SETTINGS, CBNSStep, cbns_sampler, train_cbns
+from course_lib.generation import generate, generate_reranked
 from course_lib.hardneg import HardNegSettings, train_hardneg
 from course_lib.in_batch import pair_batches, pretrain_simcse, train_in_batch
 from course_lib.index import ExactIndex
@@ -21,8 +22,6 @@ from course_lib.models import encode, encoder_from_bert, make_encoder
 from course_lib.retromae import pretrain, pretrain_texts
 from course_lib.samplers import NoDuplicateBatchSampler
 from course_lib.simbert import (
-    generate,
-    generate_reranked,
     held_out_pairs,
     make_pairs,
     make_simbert,

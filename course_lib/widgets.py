@@ -159,8 +159,8 @@ def explore_mask_rows(masks: dict, tokens: list[str], row: int = 0):
 
 def _generation_view(model, tokenizer, texts: list[str], references: list[str], temperature: float, top_p: float,
                      seed: int) -> str:
+    from course_lib.generation import generate
     from course_lib.metrics import token_f1
-    from course_lib.simbert import generate
 
     greedy = generate(model, tokenizer, texts)
     sampled = generate(model, tokenizer, texts, do_sample=True, temperature=temperature, top_p=top_p,

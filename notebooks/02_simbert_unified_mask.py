@@ -47,6 +47,7 @@ from course_lib.baselines import BM25
 from course_lib.benchmark import mean_sd, ordering, stored_results
 from course_lib.config import get_config
 from course_lib.data import load_dataset
+from course_lib.generation import generate, generate_reranked, similar_sentences
 from course_lib.in_batch import train_in_batch
 from course_lib.masks import attention_bias, causal_mask, padding_mask, unilm_mask
 from course_lib.metrics import (
@@ -64,15 +65,12 @@ from course_lib.provenance import stale_methods
 from course_lib.regimes import stored_regimes
 from course_lib.regimes import verdict as seeds_verdict
 from course_lib.simbert import (
-    generate,
-    generate_reranked,
     held_out_pairs,
     make_pairs,
     make_simbert,
     pair_rows,
     seq2seq_loss,
     simbert_similarity_loss,
-    similar_sentences,
     train_simbert,
 )
 from course_lib.tokenizer import load_tokenizer
@@ -348,7 +346,7 @@ print(f"seq2seq loss {my_s2s:.2f} over {len(terms)} B tokens (token by token: {r
 # ## 6. Generation before training
 #
 # Decoding feeds `[CLS] A [SEP]`, predicts the next token at the last position, appends it as a segment-1
-# token, and repeats until [SEP] (`course_lib.simbert.generate`; all sentences decode together, each
+# token, and repeats until [SEP] (`course_lib.generation.generate`; all sentences decode together, each
 # exactly as it would alone). **Greedy** decoding takes the most likely token; **sampling** draws from the
 # softmax of the logits divided by a temperature, restricted to the smallest set of tokens whose probability
 # reaches top-p (**nucleus sampling**, Holtzman et al., 2020, §3.1). Decoding stops at [SEP] or after 32 new
@@ -490,7 +488,7 @@ assert gap_warm < 0 and out_warm
 # The same held-out pairs, greedy and sampled (temperature `GEN_TEMPERATURE`, top-p `GEN_TOP_P`), and decoded
 # as SimBERT's own release decodes (Su, 2020; `gen_synonyms` in ZhuiyiTechnology/simbert): sample several outputs
 # from the 5 most likely tokens at each step, then keep the one whose sentence vector ([CLS], the retrieval
-# encoder trained alongside) is closest to the input's (`course_lib.simbert.generate_reranked`,
+# encoder trained alongside) is closest to the input's (`course_lib.generation.generate_reranked`,
 # `RERANK_SAMPLES` samples). The similarity half of the model picks among what the generation half proposes.
 
 # %%

@@ -13,11 +13,11 @@ import torch
 
 from course_lib.config import get_config
 from course_lib.data import load_dataset
+from course_lib.generation import generate
 from course_lib.masks import attention_bias, unilm_mask
 from course_lib.metrics import evaluate, mean_token_f1
 from course_lib.retromae import pretrain, pretrain_texts
 from course_lib.simbert import (
-    generate,
     held_out_pairs,
     make_pairs,
     make_simbert,

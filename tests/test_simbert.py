@@ -9,15 +9,12 @@ import torch.nn.functional as F
 
 from course_lib.config import get_config
 from course_lib.data import load_dataset
+from course_lib.generation import _ban_repeats, _filter_logits, generate, generate_reranked, similar_sentences
 from course_lib.metrics import corpus_bleu, evaluate, frequent_words, mean_token_f1, token_f1
 from course_lib.models import encode
 from course_lib.retromae import make_retromae
 from course_lib.simbert import (
     SimPair,
-    _ban_repeats,
-    _filter_logits,
-    generate,
-    generate_reranked,
     held_out_pairs,
     make_pairs,
     make_simbert,
@@ -27,7 +24,6 @@ from course_lib.simbert import (
     simbert_from_pretrained,
     simbert_similarity_loss,
     simbert_step,
-    similar_sentences,
     train_simbert,
 )
 from course_lib.tokenizer import load_tokenizer
