@@ -111,6 +111,18 @@ def git_commit() -> str:
     return head + ("+changes" if dirty else "")
 
 
+def _hybrid_line(name: str, m: dict) -> str:
+    """The recipe's last stage on test: its encoder fused with BM25 (``course_lib.hybrid``), each seed's run
+    summarised as the table's rows are (mean ± sample sd when there are several)."""
+    runs = [p["test_hybrid"] for p in m.get("per_seed", []) if "test_hybrid" in p] or [m["test_hybrid"]]
+    keys = ("recall@1", "recall@10", "recall@100", "mrr@10")
+    cells = [f"{statistics.fmean(r[k] for r in runs):.3f}" + (f" ± {statistics.stdev(r[k] for r in runs):.3f}"
+                                                               if len(runs) > 1 else "") for k in keys]
+    seeds = f"{len(runs)} seeds, mean ± sd" if len(runs) > 1 else "one seed"
+    return (f"Hybrid ({name}'s encoder fused with BM25, α chosen on the dev split by MRR@10; {seeds}): test "
+            f"Recall@1 / Recall@10 / Recall@100 / MRR@10 {' / '.join(cells)}.")
+
+
 def to_markdown(results: dict) -> str:
     cols = ["recall@1", "recall@10", "recall@100", "mrr@10", "ndcg@10", "train_seconds", "steps"]
     lines = [
@@ -152,6 +164,9 @@ def to_markdown(results: dict) -> str:
                          if "token_f1_after_reranked" in g else "")
                       + (" Seq2seq loss on the example → gloss rows only." if g.get("seq2seq_directions") == "a_to_b"
                          else "")]
+    for name, m in results["methods"].items():
+        if m.get("test_hybrid"):
+            lines += ["", _hybrid_line(name, m)]
     memory_rows = [(n, m) for n, m in results["methods"].items() if "memory_size" in m]
     if memory_rows:
         lines += ["", "Memory-bank configurations (notebook 04, `course_lib.cbns.BENCHMARK_SETTINGS`; a skewed sampler "

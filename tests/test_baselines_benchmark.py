@@ -91,6 +91,16 @@ def test_to_markdown():
     assert rows["bm25"] == "| bm25 | 0.259 | 0.776 | 0.970 | 0.413 | 0.499 | 0 | 0 |"
     assert rows["trained"] == "| trained | 0.500 | 0.800 | 0.990 | 0.600 | 0.650 | 61 | 300 |"
     assert "recall@10 vs exact 0.9805" in md and "M=16" in md and md.endswith("\n")
+    assert "Hybrid" not in md
+    results = hand_results()
+    hybrid = [{"recall@1": a, "recall@10": a + 0.4, "recall@100": 0.9, "mrr@10": a + 0.1} for a in (0.2, 0.3)]
+    results["methods"]["trained"] |= {"test_hybrid": hybrid[0], "seeds": [0, 1],
+                                      "per_seed": [{"seed": k, "test_hybrid": h} for k, h in enumerate(hybrid)]}
+    line = next(x for x in bench.to_markdown(results).splitlines() if x.startswith("Hybrid (trained"))
+    assert line.endswith("0.250 ± 0.071 / 0.650 ± 0.071 / 0.900 ± 0.000 / 0.350 ± 0.071.") and "2 seeds" in line
+    del results["methods"]["trained"]["per_seed"]  # one run: its own figures, no spread
+    assert "one seed): test Recall@1 / Recall@10 / Recall@100 / MRR@10 0.200 / 0.600 / 0.900 / 0.300." in \
+        bench.to_markdown(results)
 
 
 # ---------------------------------------------------------------------------------------------------------
