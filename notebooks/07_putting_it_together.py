@@ -91,7 +91,7 @@ print(cfg.preset, data)
 #
 # 1. **Pretraining** (MLM or RetroMAE) on the corpus and the training queries, never a dev or test query.
 # 2. **Fine-tuning** with mean pooling at a larger batch, a softmax temperature of 0.1 (`RecipeSettings.temperature`;
-#    the notebooks' 0.05 gave a lower dev MRR@10 in the recipe's full-scale runs, see the README), a warm-up
+#    the recipe's full-scale run at the notebooks' 0.05 ended at a lower dev MRR@10: README, Results), a warm-up
 #    then linear decay of the learning rate, and in-batch negatives only for the first `hardneg_start` of the
 #    fine-tuning steps (a fraction, 0.3 by default: of FAST's 30 steps, 9 run before the first mining), then one
 #    mined hard negative per query:
