@@ -71,8 +71,9 @@ def plot_recall_at_k(results: dict[str, dict[str, float]], ks=None, ax=None, tit
     ax.set_xlabel("k (documents retrieved)")
     top = max(v for m in results.values() for key, v in m.items() if key.startswith("recall@"))
     zoom = top <= 0.25
-    ax.set_ylabel("Recall@k (axis cut: every value ≤ 0.25)" if zoom else "Recall@k")
-    ax.set_ylim(0, max(top * 1.15, 0.01) if zoom else 1)
+    ceiling = max(top * 1.15, 0.01) if zoom else 1  # every value ≤ 0.25: zoom in, and say so on the axis
+    ax.set_ylabel(f"Recall@k (axis cut at {ceiling:.2g}, not 1)" if zoom else "Recall@k")
+    ax.set_ylim(0, ceiling)
     ax.set_title(title)
     if len(results) > 5:  # a long legend would hide the curves: put it beside the axes
         ncol = 1 if len(results) <= 16 else 2  # past 16 entries one column runs off the figure
