@@ -19,6 +19,8 @@ Stages, each with its share of the budget (``RecipeSettings``):
 
 ``--minutes`` is turned into step counts once, at the start, by timing a few steps of each stage on this
 machine (``plan.json``); from then on the run is counted in steps, so it is reproducible and resumable.
+Fine-tuning stops at ``max_passes`` passes over the training pairs even if minutes are left (the plan records
+them as ``unspent_seconds``): past that the small encoder fits its training pairs rather than generalising.
 Checkpoints are written atomically every ``segment_steps`` steps; run the same command again after an
 interrupt and it continues from the last one, to the same metrics as an uninterrupted run.
 
@@ -57,9 +59,10 @@ from course_lib.utils import atomic_path, get_device, seed_everything
 
 PRETRAINING = (None, "mlm", "retromae")
 # the benchmark's budget for method full_recipe, in steps (reproducible on any machine, as every benchmark
-# method): FAST a minute or two on 2 cores; full the 30 training minutes the course's target is stated for, from
-# per-step costs measured on an idle 2-core machine (MLM 0.31 s per step of 64 texts, 1,400 steps ≈ 7 min; a
-# B = 128 step with one hard negative per query ≈ 0.55 s, 2,000 steps ≈ 18 min; four mining events ≈ 5 min).
+# method): FAST a minute or two on 2 cores; full within the 30 training minutes the course's target is stated
+# for. Measured on an almost idle 2-core machine (seed 2 of results/full, commit f33af1d): 1,400 MLM steps of 64
+# texts 174 s, 2,000 fine-tuning steps at B = 128 with one hard negative per query 706 s, the mining and three
+# Conan checks 305 s: 20 minutes. 2,000 steps are 7 passes over WordNet's 36,274 training pairs (max_passes).
 # The recorded seconds say what the run took on the machine that ran it.
 BENCHMARK_BUDGET = {"fast": {"steps": {"pretrain_steps": 100, "finetune_steps": 300}, "curve_every": 100},
                     "full": {"steps": {"pretrain_steps": 1400, "finetune_steps": 2000}, "curve_every": 400}}
@@ -75,6 +78,7 @@ class RecipeSettings:
     lr: float = 5e-4
     temperature: float = 0.1  # of the fine-tuning softmax (the preset's Config.temperature, 0.05, is the notebooks')
     warmup_fraction: float = 0.05  # of the fine-tuning steps (linear warm-up, then linear decay to 0)
+    max_passes: float = 7.0  # a planned run fine-tunes for at most this many passes over the training pairs
     hard_negatives: HardNegSettings = field(default_factory=lambda: HardNegSettings(
         strategy="dynamic", warmup_steps=0, n_mined=8, n_per_step=1, relative_margin=0.05))
     hardneg_start: float = 0.3  # fraction of fine-tuning done in-batch only before the first mining
@@ -95,7 +99,7 @@ class RecipeSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"RecipeSettings.{name} must be an int >= {low}, got {value!r}")
-        for name in ("lr", "temperature"):
+        for name in ("lr", "temperature", "max_passes"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"RecipeSettings.{name} must be a positive number, got {value!r}")
@@ -392,6 +396,8 @@ def main(argv=None) -> None:
                         help="record a dev learning curve every N fine-tuning steps (N a multiple of --segment-steps)")
     parser.add_argument("--memory-size", type=int, default=RecipeSettings.memory_size)
     parser.add_argument("--batch-size", type=int, default=RecipeSettings.batch_size)
+    parser.add_argument("--max-passes", type=float, default=RecipeSettings.max_passes,
+                        help="cap a planned run's fine-tuning at this many passes over the training pairs")
     args = parser.parse_args(argv)
     if (args.pretrain_steps is None) != (args.finetune_steps is None):
         parser.error("give --pretrain-steps and --finetune-steps together (or neither, to plan --minutes)")
@@ -402,7 +408,7 @@ def main(argv=None) -> None:
     tokenizer = load_tokenizer(data, cfg.vocab_size)
     settings = RecipeSettings(pretrain=None if args.pretrain == "none" else args.pretrain,
                               segment_steps=args.segment_steps, memory_size=args.memory_size,
-                              batch_size=args.batch_size)
+                              batch_size=args.batch_size, max_passes=args.max_passes)
     steps = None if args.pretrain_steps is None else {"pretrain_steps": args.pretrain_steps,
                                                       "finetune_steps": args.finetune_steps}
     result = run_recipe(data, tokenizer, cfg, args.out, minutes=args.minutes, settings=settings, steps=steps,

@@ -66,7 +66,9 @@ def make_plan(settings, cfg, data, tokenizer, minutes: float, seed: int) -> dict
     """Step counts from the time budget: each stage's share of ``minutes``, divided by its measured seconds per
     step; fine-tuning first sets aside the mining: every event embeds the corpus and the training queries once
     (timed here on 1,024 texts), and the first one also searches and samples for every query
-    (``_search_seconds``)."""
+    (``_search_seconds``). Fine-tuning is capped at ``settings.max_passes`` passes over the training pairs
+    (``finetune_steps_cap``); when the cap binds, the plan records the timed step count and the seconds left
+    unspent."""
     from course_lib.recipe import RecipeStep  # imported here: course_lib.recipe imports this module
 
     budget = minutes * 60.0
@@ -98,6 +100,11 @@ def make_plan(settings, cfg, data, tokenizer, minutes: float, seed: int) -> dict
     per_step = _seconds_per_step(model, step_fn, batches, settings.lr)
     finetune_s = max(budget - pretrain_s - mining_s, per_step)
     steps = max(settings.segment_steps, int(finetune_s / per_step))
+    cap = max(settings.segment_steps, int(settings.max_passes * len(examples) / settings.batch_size))
+    if steps > cap:  # past max_passes the encoder fits its training pairs: keep the minutes
+        plan |= {"finetune_steps_timed": steps, "unspent_seconds": round((steps - cap) * per_step, 1)}
+    plan["finetune_steps_cap"] = cap
+    steps = min(steps, cap)
     return plan | {"finetune_seconds_per_step": round(per_step, 4), "mining_seconds_estimate": round(mining_s, 1),
                    "mining_search_seconds_estimate": round(search_s, 1),
                    "finetune_steps": steps} | _schedule(settings, steps)

@@ -194,6 +194,9 @@ def test_bad_settings_raise():
         RecipeSettings(pretrain_share=1.5)
     with pytest.raises(ValueError, match="batch_size"):
         RecipeSettings(batch_size=1)
+    for bad in (0, -1.0, "7", True):
+        with pytest.raises(ValueError, match="RecipeSettings.max_passes must be a positive number"):
+            RecipeSettings(max_passes=bad)
 
 
 def test_a_dev_curve_between_checkpoints_is_refused(small_folder, tmp_path):

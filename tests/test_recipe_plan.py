@@ -55,8 +55,9 @@ def fast_wordnet():
 
 def test_the_plan_sets_mining_aside_only_when_the_run_mines(fast_wordnet):
     data, tokenizer = fast_wordnet
-    mines = RecipeSettings(pretrain=None, batch_size=16, segment_steps=2)
+    mines = RecipeSettings(pretrain=None, batch_size=16, segment_steps=2, max_passes=1e6)  # the cap never binds
     plan = recipe_plan.make_plan(mines, CFG, data, tokenizer, minutes=2, seed=0)
+    assert "unspent_seconds" not in plan and plan["finetune_steps"] < plan["finetune_steps_cap"]
     assert plan["mining_search_seconds_estimate"] > 0
     assert plan["mining_seconds_estimate"] > plan["mining_search_seconds_estimate"]
     # what is left of the 2 minutes after the mining is spent on fine-tuning steps (the plan's figures are rounded)
@@ -66,3 +67,18 @@ def test_the_plan_sets_mining_aside_only_when_the_run_mines(fast_wordnet):
     no_mining = replace(mines, hard_negatives=replace(mines.hard_negatives, strategy="none"))
     plan = recipe_plan.make_plan(no_mining, CFG, data, tokenizer, minutes=2, seed=0)
     assert plan["mining_seconds_estimate"] == plan["mining_search_seconds_estimate"] == 0
+
+
+def test_the_plan_stops_fine_tuning_at_max_passes_and_keeps_the_minutes(fast_wordnet):
+    """Two passes over the training pairs at B = 16 are fewer steps than 2 minutes hold: the plan caps the
+    fine-tuning there, records the steps it timed and the seconds it leaves unspent, and sets the mining and the
+    checks on the capped count."""
+    data, tokenizer = fast_wordnet
+    settings = RecipeSettings(pretrain=None, batch_size=16, segment_steps=2, max_passes=2.0)
+    examples, _ = recipe_plan.mining_pairs(data)
+    plan = recipe_plan.make_plan(settings, CFG, data, tokenizer, minutes=2, seed=0)
+    assert plan["finetune_steps"] == plan["finetune_steps_cap"] == int(2.0 * len(examples) / 16)
+    assert plan["finetune_steps_timed"] > plan["finetune_steps"]
+    assert plan["unspent_seconds"] == pytest.approx(
+        (plan["finetune_steps_timed"] - plan["finetune_steps"]) * plan["finetune_seconds_per_step"], rel=0.01)
+    assert plan["hardneg_start_step"] == int(plan["finetune_steps"] * settings.hardneg_start)
