@@ -24,38 +24,25 @@ them as ``unspent_seconds``): past that the small encoder fits its training pair
 Checkpoints are written atomically every ``segment_steps`` steps; run the same command again after an
 interrupt and it continues from the last one, to the same metrics as an uninterrupted run.
 
+The stages themselves are in ``course_lib.recipe_stages``, the planning in ``course_lib.recipe_plan``.
+
 Output in ``--out``: ``model/`` (a sentence-transformers folder: ``SentenceTransformer(out / "model")`` loads
 it, see ``course_lib.export``), ``index/`` (HNSW graph + ids), ``metrics.json`` (test and dev metrics, the
 plan, the seconds of every stage) and ``state/`` (checkpoints).
 """
 
 import argparse
-import copy
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from course_lib.hardneg import HardNegSettings, NegativeSource, mining_pairs
+from course_lib.hardneg import HardNegSettings
 from course_lib.hybrid import dev_tuned_hybrid
-from course_lib.in_batch import _to, add_negatives
-from course_lib.losses import duplicate_mask, similarity_logits
-from course_lib.memory import MemoryBank
-from course_lib.models import encode, encoder_from_bert, tokenize
-from course_lib.recipe_plan import (  # noqa: F401
-    _calibration_batches,
-    _seconds_per_step,
-    make_plan,
-    run_identity,
-    steps_plan,
-    training_pairs,
-)
-from course_lib.retromae import make_retromae, pretrain_batches, pretrain_texts, retromae_step
-from course_lib.samplers import NoDuplicateBatchSampler
-from course_lib.train import train
-from course_lib.utils import atomic_path, get_device, seed_everything
+from course_lib.models import encode
+from course_lib.recipe_plan import make_plan, run_identity, steps_plan, training_pairs
+from course_lib.recipe_stages import finetune_stage, pretrain_stage, split_metrics
+from course_lib.utils import atomic_path, seed_everything
 
 PRETRAINING = (None, "mlm", "retromae")
 # the benchmark's budget for method full_recipe, in steps (reproducible on any machine, as every benchmark
@@ -64,8 +51,9 @@ PRETRAINING = (None, "mlm", "retromae")
 # texts 174 s, 2,000 fine-tuning steps at B = 128 with one hard negative per query 706 s, the mining and three
 # Conan checks 305 s: 20 minutes. 2,000 steps are 7 passes over WordNet's 36,274 training pairs (max_passes).
 # The recorded seconds say what the run took on the machine that ran it.
-BENCHMARK_BUDGET = {"fast": {"steps": {"pretrain_steps": 100, "finetune_steps": 300}, "curve_every": 100},
-                    "full": {"steps": {"pretrain_steps": 1400, "finetune_steps": 2000}, "curve_every": 400}}
+# On a data set with fewer training pairs the benchmark cuts fine-tuning to max_passes (recipes.run_full_recipe).
+BENCHMARK_BUDGET = {"fast": {"pretrain_steps": 100, "finetune_steps": 300},
+                    "full": {"pretrain_steps": 1400, "finetune_steps": 2000}}
 
 
 @dataclass(frozen=True)
@@ -78,7 +66,7 @@ class RecipeSettings:
     lr: float = 5e-4
     temperature: float = 0.1  # of the fine-tuning softmax (the preset's Config.temperature, 0.05, is the notebooks')
     warmup_fraction: float = 0.05  # of the fine-tuning steps (linear warm-up, then linear decay to 0)
-    max_passes: float = 7.0  # a planned run fine-tunes for at most this many passes over the training pairs
+    max_passes: float = 7.0  # fine-tuning passes over the training pairs at most (rounded up to whole segments)
     hard_negatives: HardNegSettings = field(default_factory=lambda: HardNegSettings(
         strategy="dynamic", warmup_steps=0, n_mined=8, n_per_step=1, relative_margin=0.05))
     hardneg_start: float = 0.3  # fraction of fine-tuning done in-batch only before the first mining
@@ -105,184 +93,9 @@ class RecipeSettings:
                 raise ValueError(f"RecipeSettings.{name} must be a positive number, got {value!r}")
 
 
-class RecipeStep:
-    """The fine-tuning ``step_fn``: in-batch softmax over [positives, each query's hard negatives, the memory].
-    Every column holding a row's positive document (a duplicate, or a memory entry of it) is masked."""
-
-    def __init__(self, temperature: float, memory_size: int, momentum: float, dim: int, device):
-        self.temperature, self.momentum = temperature, momentum
-        self.memory = MemoryBank(memory_size, dim, device=device) if memory_size else None
-        self.key_encoder = None
-
-    @torch.no_grad()
-    def _key(self, model):
-        if self.key_encoder is None:
-            self.key_encoder = copy.deepcopy(model).requires_grad_(False)
-        else:
-            for key, live in zip(self.key_encoder.parameters(), model.parameters()):
-                key.mul_(self.momentum).add_(live.detach(), alpha=1.0 - self.momentum)
-        return self.key_encoder.train(model.training)
-
-    def __call__(self, model, batch) -> torch.Tensor:
-        device = next(model.parameters()).device
-        q = model(**_to(batch["q"], device))  # (B, D)
-        d = model(**_to(batch["d"], device))  # (B, D)
-        ids, negatives = list(batch["doc_ids"]), None
-        if "n" in batch:
-            n = model(**_to(batch["n"], device))  # (B·K, D)
-            negatives = n.view(-1, q.shape[0], n.shape[-1]).transpose(0, 1)  # (B, K, D)
-            ids += batch["neg_ids"]
-        logits = similarity_logits(q, d, negatives, temperature=self.temperature)  # (B, B + B·K)
-        if self.memory is not None and len(self.memory):
-            stored, stored_ids, _ = self.memory.tensors()  # (M, D), unit vectors
-            logits = torch.cat([logits, torch.nn.functional.normalize(q, dim=-1) @ stored.T / self.temperature], 1)
-            ids += list(stored_ids)
-        logits = logits.masked_fill(duplicate_mask(ids, q.shape[0], logits.shape[1]).to(device), float("-inf"))
-        if self.memory is not None:
-            self.memory.enqueue(self._key(model)(**_to(batch["d"], device)).detach(), batch["doc_ids"])
-        return torch.nn.functional.cross_entropy(logits, torch.arange(q.shape[0], device=device))
-
-
-def _atomic_save(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def _write_json(obj, path: Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
-
-
-def finetune_batches(source: NegativeSource, model, examples, batch_size: int, start: int, seed: int, cfg):
-    """The fine-tuning batches from step ``start`` on, identical to those of a run that started at 0: the
-    sampler is replayed (indices only) up to ``start``, and each step's negative draw has its own generator."""
-    data, tokenizer = source.data, source.tokenizer
-    sampler = iter(NoDuplicateBatchSampler(examples, batch_size, torch.Generator().manual_seed(seed)))
-    for _ in range(start):
-        next(sampler)
-    step = start
-    for idx in sampler:
-        source.before_step(step, model)
-        chosen = [examples[i] for i in idx]
-        batch = {"q": tokenize(tokenizer, [e.query for e in chosen], cfg.max_query_len),
-                 "d": tokenize(tokenizer, [data.documents[e.positive] for e in chosen], cfg.max_doc_len),
-                 "doc_ids": [e.positive for e in chosen]}
-        if source.negatives is not None:
-            draw = torch.Generator().manual_seed(seed * 1_000_003 + step)
-            add_negatives(batch, source.draw(idx, source.settings.n_per_step, draw), data, tokenizer, cfg)
-        yield batch
-        step += 1
-
-
-def _eval(model, tokenizer, data, cfg, split: str, index) -> dict:
-    """Retrieval metrics of ``model`` on ``split``, searching ``index`` (which holds the corpus's embeddings)."""
-    from course_lib.metrics import KS, retrieval_metrics
-
-    _, texts, relevant = data.split_items(split)
-    ranked, _ = index.search(encode(model, tokenizer, texts, max_length=cfg.max_query_len), max(KS))
-    return {k: round(v, 4) for k, v in retrieval_metrics(ranked, relevant, KS).items()}
-
-
-def _segments(model, step_fn, batches, optimizer, *, done: int, total: int, warmup: int, segment: int, save, bar,
-              grad_clip: float = 1.0) -> float:
-    """Train from step ``done`` to ``total`` in segments of ``segment`` steps, one warm-up + linear-decay
-    schedule over the whole stage, calling ``save(step, seconds)`` after each; returns the training seconds."""
-    seconds = 0.0
-    while done < total:
-        history = train(model, step_fn, batches, optimizer=optimizer, max_steps=min(segment, total - done),
-                        grad_clip=grad_clip, warmup_steps=min(warmup, total), decay="linear", schedule_offset=done,
-                        schedule_steps=total, progress=False)
-        done += history.steps
-        seconds += history.train_seconds
-        bar.update(history.steps)
-        bar.set_postfix(loss=f"{history.losses[-1]:.3f}")
-        save(done, seconds)
-        if history.stopped == "data":
-            break
-    return seconds
-
-
-def _pretrain_stage(settings, cfg, data, tokenizer, plan, state: Path, seed: int, tqdm) -> tuple:
-    import itertools
-
-    model = make_retromae(cfg, tokenizer, decoder=settings.pretrain == "retromae").to(get_device())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, weight_decay=0.01)
-    path, done, seconds = state / "pretrain.pt", 0, 0.0
-    if path.exists():
-        saved = torch.load(path, weights_only=False)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        done, seconds = saved["step"], saved["seconds"]
-    total = plan["pretrain_steps"]
-    batches = itertools.islice(pretrain_batches(tokenizer, pretrain_texts(data), cfg.batch_size, cfg.max_doc_len,
-                                                generator=torch.Generator().manual_seed(seed)), done, None)
-
-    def save(step, new_seconds):
-        _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                      "seconds": seconds + new_seconds}, path)
-
-    with tqdm(total=total, initial=done, desc=f"1/3 pretrain ({settings.pretrain})") as bar:
-        seconds += _segments(model, retromae_step(), batches, optimizer, done=done, total=total,
-                             warmup=int(total * settings.warmup_fraction), segment=settings.segment_steps,
-                             save=save, bar=bar)
-    return model.bert, seconds
-
-
-def _dev_point(model, tokenizer, data, cfg, step: int) -> dict:
-    """Dev metrics (exact search over the whole corpus) at fine-tuning step ``step``, and the seconds they took
-    (kept out of the training seconds)."""
-    from course_lib.index import ExactIndex
-    from course_lib.metrics import embed_corpus
-
-    t0 = time.perf_counter()
-    ids, docs = embed_corpus(model, tokenizer, data, max_length=cfg.max_doc_len)  # (N, D)
-    exact = ExactIndex(docs.shape[1])
-    exact.add(ids, docs)
-    return {"step": step, **_eval(model, tokenizer, data, cfg, "dev", exact),
-            "eval_seconds": round(time.perf_counter() - t0, 1)}
-
-
-def _finetune_stage(settings, cfg, data, tokenizer, plan, state: Path, seed: int, bert, tqdm,
-                    curve_every: int = 0) -> tuple:
-    from dataclasses import replace
-
-    model = encoder_from_bert(cfg, tokenizer, bert, pooling="mean").to(get_device())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr)
-    hn = replace(settings.hard_negatives, warmup_steps=plan["hardneg_start_step"], check_every=plan["check_every"])
-    examples, pool = mining_pairs(data)
-    source = NegativeSource(hn, examples, pool, data, tokenizer, cfg, seed)
-    step_fn = RecipeStep(settings.temperature, settings.memory_size, settings.momentum, model.dim, get_device())
-    path, done, seconds, curve = state / "finetune.pt", 0, 0.0, []
-    kept = ("negatives", "miner", "refresher", "log", "seconds")
-    if path.exists():
-        saved = torch.load(path, weights_only=False)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        done, seconds, curve = saved["step"], saved["seconds"], saved.get("curve", [])
-        for name in kept:
-            setattr(source, name, saved["source"][name])
-        if source.miner is not None:
-            source.negatives = source.miner.negatives  # the miner edits these lists in place
-        step_fn.memory, step_fn.key_encoder = saved["memory"], saved["key_encoder"]
-    total = plan["finetune_steps"]
-    batches = finetune_batches(source, model, examples, settings.batch_size, done, seed, cfg)
-
-    def save(step, new_seconds):
-        if curve_every and step % curve_every == 0 and step < total:  # the last point is the run's own dev eval
-            curve.append(_dev_point(model, tokenizer, data, cfg, step))
-        _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                      "seconds": seconds + new_seconds, "source": {n: getattr(source, n) for n in kept},
-                      "memory": step_fn.memory, "key_encoder": step_fn.key_encoder, "curve": curve}, path)
-
-    if curve_every and done == 0 and not curve and data.queries.get("dev"):
-        curve.append(_dev_point(model, tokenizer, data, cfg, 0))  # the start (pretrained or not), untuned
-    if not data.queries.get("dev"):
-        curve_every = 0
-
-    with tqdm(total=total, initial=done, desc="2/3 fine-tune (in-batch + hard negatives)") as bar:
-        seconds += _segments(model, step_fn, batches, optimizer, done=done, total=total, warmup=plan["warmup_steps"],
-                             segment=settings.segment_steps, save=save, bar=bar)
-    return model, seconds, source, curve
 
 
 def run_recipe(data, tokenizer, cfg, out, *, minutes: float = 30.0, settings: RecipeSettings | None = None,
@@ -342,8 +155,8 @@ def run_recipe(data, tokenizer, cfg, out, *, minutes: float = 30.0, settings: Re
     seconds = {}
     bert = None
     if settings.pretrain and plan["pretrain_steps"]:
-        bert, seconds["pretrain"] = _pretrain_stage(settings, cfg, data, tokenizer, plan, state, seed, tqdm)
-    model, seconds["finetune"], source, curve = _finetune_stage(settings, cfg, data, tokenizer, plan, state, seed,
+        bert, seconds["pretrain"] = pretrain_stage(settings, cfg, data, tokenizer, plan, state, seed, tqdm)
+    model, seconds["finetune"], source, curve = finetune_stage(settings, cfg, data, tokenizer, plan, state, seed,
                                                                 bert, tqdm, curve_every)
     seconds["mining"] = round(source.seconds, 1)
     with tqdm(total=3, desc="3/3 index and evaluate") as bar:
@@ -358,10 +171,10 @@ def run_recipe(data, tokenizer, cfg, out, *, minutes: float = 30.0, settings: Re
         bar.update(1)
         exact = ExactIndex(docs.shape[1])
         exact.add(ids, docs)
-        metrics = {"test": _eval(model, tokenizer, data, cfg, "test", exact),
-                   "test_hnsw": _eval(model, tokenizer, data, cfg, "test", index)}
+        metrics = {"test": split_metrics(model, tokenizer, data, cfg, "test", exact),
+                   "test_hnsw": split_metrics(model, tokenizer, data, cfg, "test", index)}
         if data.queries.get("dev"):
-            metrics["dev"] = _eval(model, tokenizer, data, cfg, "dev", exact)
+            metrics["dev"] = split_metrics(model, tokenizer, data, cfg, "dev", exact)
         hybrid = dev_tuned_hybrid(data, ids, docs, lambda t: encode(model, tokenizer, t, max_length=cfg.max_query_len))
         if hybrid:  # dense + BM25, α tuned on dev (course_lib.hybrid)
             metrics["test_hybrid"], metrics["hybrid"] = hybrid.pop("test"), hybrid

@@ -5,6 +5,7 @@ first mining, Conan's checks and the learning-rate warm-up."""
 import copy
 import hashlib
 import json
+import math
 import statistics
 import time
 from dataclasses import asdict
@@ -15,6 +16,7 @@ from course_lib.hardneg import NegativeSource, mining_pairs
 from course_lib.in_batch import add_negatives
 from course_lib.mining import mine_hard_negatives
 from course_lib.models import encode, make_encoder, tokenize
+from course_lib.recipe_stages import RecipeStep
 from course_lib.retromae import make_retromae, pretrain_batches, pretrain_texts, retromae_step
 from course_lib.samplers import NoDuplicateBatchSampler
 from course_lib.utils import get_device
@@ -67,10 +69,8 @@ def make_plan(settings, cfg, data, tokenizer, minutes: float, seed: int) -> dict
     step; fine-tuning first sets aside the mining: every event embeds the corpus and the training queries once
     (timed here on 1,024 texts), and the first one also searches and samples for every query
     (``_search_seconds``). Fine-tuning is capped at ``settings.max_passes`` passes over the training pairs
-    (``finetune_steps_cap``); when the cap binds, the plan records the timed step count and the seconds left
+    (``pass_cap``, recorded as ``finetune_steps_cap``); when the cap binds, the plan records the timed step count and the seconds left
     unspent."""
-    from course_lib.recipe import RecipeStep  # imported here: course_lib.recipe imports this module
-
     budget = minutes * 60.0
     pretrain_s = budget * settings.pretrain_share if settings.pretrain else 0.0
     plan = {"minutes": minutes, "pretrain_seconds": round(pretrain_s, 1), "pretrain_steps": 0}
@@ -100,7 +100,7 @@ def make_plan(settings, cfg, data, tokenizer, minutes: float, seed: int) -> dict
     per_step = _seconds_per_step(model, step_fn, batches, settings.lr)
     finetune_s = max(budget - pretrain_s - mining_s, per_step)
     steps = max(settings.segment_steps, int(finetune_s / per_step))
-    cap = max(settings.segment_steps, int(settings.max_passes * len(examples) / settings.batch_size))
+    cap = pass_cap(settings, len(examples))
     if steps > cap:  # past max_passes the encoder fits its training pairs: keep the minutes
         plan |= {"finetune_steps_timed": steps, "unspent_seconds": round((steps - cap) * per_step, 1)}
     plan["finetune_steps_cap"] = cap
@@ -108,6 +108,13 @@ def make_plan(settings, cfg, data, tokenizer, minutes: float, seed: int) -> dict
     return plan | {"finetune_seconds_per_step": round(per_step, 4), "mining_seconds_estimate": round(mining_s, 1),
                    "mining_search_seconds_estimate": round(search_s, 1),
                    "finetune_steps": steps} | _schedule(settings, steps)
+
+
+def pass_cap(settings, n_pairs: int) -> int:
+    """Fine-tuning steps of ``settings.max_passes`` passes over ``n_pairs`` training pairs at
+    ``settings.batch_size``, rounded up to whole checkpoint segments (``segment_steps``)."""
+    segments = math.ceil(settings.max_passes * n_pairs / settings.batch_size / settings.segment_steps)
+    return max(1, segments) * settings.segment_steps
 
 
 def steps_plan(settings, steps: dict) -> dict:

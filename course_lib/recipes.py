@@ -346,14 +346,22 @@ def run_distributed_2proc(cfg, data, tokenizer) -> MethodResult:
 
 def run_full_recipe(cfg, data, tokenizer) -> MethodResult:
     """``course_lib.recipe`` (pretraining → in-batch + filtered dynamic hard negatives → HNSW) with its default
-    settings, notebook 07, at ``course_lib.recipe.BENCHMARK_BUDGET``'s step counts. The run folder is kept under
-    ``runs/benchmark/`` (a rerun resumes it); test metrics are exact search, as for every method here."""
+    settings, notebook 07, at ``course_lib.recipe.BENCHMARK_BUDGET``'s step counts, fine-tuning cut to the
+    recipe's ``max_passes`` over the training pairs where those are fewer (as a planned run is), with a dev curve
+    of about five points. The run folder is kept under ``runs/benchmark/`` (a rerun resumes it); test metrics are
+    exact search, as for every method here."""
     from pathlib import Path
 
-    from course_lib.recipe import BENCHMARK_BUDGET, run_recipe
+    from course_lib.recipe import BENCHMARK_BUDGET, RecipeSettings, run_recipe
+    from course_lib.recipe_plan import pass_cap, training_pairs
 
+    settings = RecipeSettings()
+    steps = dict(BENCHMARK_BUDGET[cfg.preset])
+    steps["finetune_steps"] = min(steps["finetune_steps"],
+                                  pass_cap(settings, len(training_pairs(data, settings.batch_size, cfg.seed))))
+    every = settings.segment_steps * max(1, steps["finetune_steps"] // 5 // settings.segment_steps)
     out = Path(__file__).resolve().parent.parent / "runs" / "benchmark" / f"{data.name}_{cfg.preset}_seed{cfg.seed}"
-    r = run_recipe(data, tokenizer, cfg, out, progress=False, **BENCHMARK_BUDGET[cfg.preset])
+    r = run_recipe(data, tokenizer, cfg, out, settings=settings, steps=steps, progress=False, curve_every=every)
     return MethodResult(r["metrics"]["test"], train_seconds=r["train_seconds"], steps=r["plan"]["finetune_steps"],
                         extra={"plan": r["plan"], "stage_seconds": r["seconds"], "mining_events": r["mining_events"],
                                "test_hnsw": r["metrics"]["test_hnsw"], "dev_curve": r["metrics"].get("dev_curve"),

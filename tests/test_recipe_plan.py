@@ -1,5 +1,6 @@
 """The recipe's planner (course_lib.recipe_plan): what it times, and how it turns a sample into a whole run."""
 
+import math
 import time
 from dataclasses import replace
 from types import SimpleNamespace
@@ -77,8 +78,15 @@ def test_the_plan_stops_fine_tuning_at_max_passes_and_keeps_the_minutes(fast_wor
     settings = RecipeSettings(pretrain=None, batch_size=16, segment_steps=2, max_passes=2.0)
     examples, _ = recipe_plan.mining_pairs(data)
     plan = recipe_plan.make_plan(settings, CFG, data, tokenizer, minutes=2, seed=0)
-    assert plan["finetune_steps"] == plan["finetune_steps_cap"] == int(2.0 * len(examples) / 16)
+    assert plan["finetune_steps"] == plan["finetune_steps_cap"] == math.ceil(2.0 * len(examples) / 16 / 2) * 2
     assert plan["finetune_steps_timed"] > plan["finetune_steps"]
     assert plan["unspent_seconds"] == pytest.approx(
         (plan["finetune_steps_timed"] - plan["finetune_steps"]) * plan["finetune_seconds_per_step"], rel=0.01)
     assert plan["hardneg_start_step"] == int(plan["finetune_steps"] * settings.hardneg_start)
+
+
+@pytest.mark.parametrize("n_pairs, steps", [(36_274, 2_000), (8_345, 500), (10, 100), (12_800, 700)])
+def test_the_pass_cap_is_whole_segments(n_pairs, steps):
+    """7 passes at B = 128: WordNet's 36,274 pairs are 1,983.7 steps, 20 segments of 100; the idioms' 8,345 pairs
+    456.4 steps, 5 segments; 12,800 pairs exactly 700 steps; at least one segment however few the pairs."""
+    assert recipe_plan.pass_cap(RecipeSettings(), n_pairs) == steps
