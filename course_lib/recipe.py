@@ -19,8 +19,10 @@ Stages, each with its share of the budget (``RecipeSettings``):
 
 ``--minutes`` is turned into step counts once, at the start, by timing a few steps of each stage on this
 machine (``plan.json``); from then on the run is counted in steps, so it is reproducible and resumable.
-Fine-tuning stops at ``max_passes`` passes over the training pairs even if minutes are left (the plan records
-them as ``unspent_seconds``): past that the small encoder fits its training pairs rather than generalising.
+Pretraining stops at ``max_pretrain_steps`` (its minutes then go to fine-tuning): on WordNet a longer MLM
+pretraining gave a worse start (README, Results). Fine-tuning stops at ``max_passes`` passes over the training
+pairs even if minutes are left (the plan records them as ``unspent_seconds``): past that the small encoder fits
+its training pairs rather than generalising.
 Checkpoints are written atomically every ``segment_steps`` steps; run the same command again after an
 interrupt and it continues from the last one, to the same metrics as an uninterrupted run.
 
@@ -62,6 +64,7 @@ class RecipeSettings:
 
     pretrain: str | None = "mlm"
     pretrain_share: float = 0.25  # of the training minutes; the rest fine-tunes (mining included)
+    max_pretrain_steps: int = 1400  # a planned run pretrains at most this long (longer measured a worse start)
     batch_size: int = 128
     lr: float = 5e-4
     temperature: float = 0.1  # of the fine-tuning softmax (the preset's Config.temperature, 0.05, is the notebooks')
@@ -83,7 +86,8 @@ class RecipeSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
                 raise ValueError(f"RecipeSettings.{name} must be a number in [{low}, {high}], got {value!r}")
-        for name, low in (("batch_size", 2), ("dynamic_checks", 0), ("memory_size", 0), ("segment_steps", 1)):
+        for name, low in (("batch_size", 2), ("dynamic_checks", 0), ("memory_size", 0), ("segment_steps", 1),
+                          ("max_pretrain_steps", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"RecipeSettings.{name} must be an int >= {low}, got {value!r}")
@@ -209,6 +213,8 @@ def main(argv=None) -> None:
                         help="record a dev learning curve every N fine-tuning steps (N a multiple of --segment-steps)")
     parser.add_argument("--memory-size", type=int, default=RecipeSettings.memory_size)
     parser.add_argument("--batch-size", type=int, default=RecipeSettings.batch_size)
+    parser.add_argument("--max-pretrain-steps", type=int, default=RecipeSettings.max_pretrain_steps,
+                        help="cap a planned run's pretraining at this many steps")
     parser.add_argument("--max-passes", type=float, default=RecipeSettings.max_passes,
                         help="cap a planned run's fine-tuning at this many passes over the training pairs")
     args = parser.parse_args(argv)
@@ -221,7 +227,8 @@ def main(argv=None) -> None:
     tokenizer = load_tokenizer(data, cfg.vocab_size)
     settings = RecipeSettings(pretrain=None if args.pretrain == "none" else args.pretrain,
                               segment_steps=args.segment_steps, memory_size=args.memory_size,
-                              batch_size=args.batch_size, max_passes=args.max_passes)
+                              batch_size=args.batch_size, max_passes=args.max_passes,
+                              max_pretrain_steps=args.max_pretrain_steps)
     steps = None if args.pretrain_steps is None else {"pretrain_steps": args.pretrain_steps,
                                                       "finetune_steps": args.finetune_steps}
     result = run_recipe(data, tokenizer, cfg, args.out, minutes=args.minutes, settings=settings, steps=steps,

@@ -68,9 +68,10 @@ def make_plan(settings, cfg, data, tokenizer, minutes: float, seed: int) -> dict
     """Step counts from the time budget: each stage's share of ``minutes``, divided by its measured seconds per
     step; fine-tuning first sets aside the mining: every event embeds the corpus and the training queries once
     (timed here on 1,024 texts), and the first one also searches and samples for every query
-    (``_search_seconds``). Fine-tuning is capped at ``settings.max_passes`` passes over the training pairs
-    (``pass_cap``, recorded as ``finetune_steps_cap``); when the cap binds, the plan records the timed step count and the seconds left
-    unspent."""
+    (``_search_seconds``). Pretraining is capped at ``settings.max_pretrain_steps``: the seconds the cap frees go
+    to fine-tuning, and the plan records the timed count (``pretrain_steps_timed``). Fine-tuning is capped at
+    ``settings.max_passes`` passes over the training pairs (``pass_cap``, recorded as ``finetune_steps_cap``);
+    when that cap binds, the plan records the timed step count and the seconds left unspent."""
     budget = minutes * 60.0
     pretrain_s = budget * settings.pretrain_share if settings.pretrain else 0.0
     plan = {"minutes": minutes, "pretrain_seconds": round(pretrain_s, 1), "pretrain_steps": 0}
@@ -79,7 +80,12 @@ def make_plan(settings, cfg, data, tokenizer, minutes: float, seed: int) -> dict
         batches = pretrain_batches(tokenizer, pretrain_texts(data), cfg.batch_size, cfg.max_doc_len,
                                    generator=torch.Generator().manual_seed(seed))
         per_step = _seconds_per_step(model, retromae_step(), batches, cfg.pretrain_lr)
-        plan |= {"pretrain_seconds_per_step": round(per_step, 4), "pretrain_steps": max(1, int(pretrain_s / per_step))}
+        timed = max(1, int(pretrain_s / per_step))
+        if timed > settings.max_pretrain_steps:  # longer pretraining gave a worse start: its minutes go to fine-tuning
+            plan["pretrain_steps_timed"] = timed
+            pretrain_s = settings.max_pretrain_steps * per_step
+        plan |= {"pretrain_seconds_per_step": round(per_step, 4), "pretrain_seconds": round(pretrain_s, 1),
+                 "pretrain_steps": min(timed, settings.max_pretrain_steps)}
     model = make_encoder(cfg, tokenizer)
     examples, pool = mining_pairs(data)
     sample = [data.corpus[i] for i in pool[:1024]]

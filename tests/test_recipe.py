@@ -194,6 +194,8 @@ def test_bad_settings_raise():
         RecipeSettings(pretrain_share=1.5)
     with pytest.raises(ValueError, match="batch_size"):
         RecipeSettings(batch_size=1)
+    with pytest.raises(ValueError, match="max_pretrain_steps"):
+        RecipeSettings(max_pretrain_steps=0)
     for bad in (0, -1.0, "7", True):
         with pytest.raises(ValueError, match="RecipeSettings.max_passes must be a positive number"):
             RecipeSettings(max_passes=bad)

@@ -71,14 +71,14 @@ def test_the_plan_sets_mining_aside_only_when_the_run_mines(fast_wordnet):
 
 
 def test_the_plan_stops_fine_tuning_at_max_passes_and_keeps_the_minutes(fast_wordnet):
-    """Two passes over the training pairs at B = 16 are fewer steps than 2 minutes hold: the plan caps the
+    """Half a pass over the training pairs at B = 16 is fewer steps than 2 minutes hold: the plan caps the
     fine-tuning there, records the steps it timed and the seconds it leaves unspent, and sets the mining and the
     checks on the capped count."""
     data, tokenizer = fast_wordnet
-    settings = RecipeSettings(pretrain=None, batch_size=16, segment_steps=2, max_passes=2.0)
+    settings = RecipeSettings(pretrain=None, batch_size=16, segment_steps=2, max_passes=0.5)
     examples, _ = recipe_plan.mining_pairs(data)
     plan = recipe_plan.make_plan(settings, CFG, data, tokenizer, minutes=2, seed=0)
-    assert plan["finetune_steps"] == plan["finetune_steps_cap"] == math.ceil(2.0 * len(examples) / 16 / 2) * 2
+    assert plan["finetune_steps"] == plan["finetune_steps_cap"] == math.ceil(0.5 * len(examples) / 16 / 2) * 2
     assert plan["finetune_steps_timed"] > plan["finetune_steps"]
     assert plan["unspent_seconds"] == pytest.approx(
         (plan["finetune_steps_timed"] - plan["finetune_steps"]) * plan["finetune_seconds_per_step"], rel=0.01)
@@ -90,3 +90,21 @@ def test_the_pass_cap_is_whole_segments(n_pairs, steps):
     """7 passes at B = 128: WordNet's 36,274 pairs are 1,983.7 steps, 20 segments of 100; the idioms' 8,345 pairs
     456.4 steps, 5 segments; 12,800 pairs exactly 700 steps; at least one segment however few the pairs."""
     assert recipe_plan.pass_cap(RecipeSettings(), n_pairs) == steps
+
+
+def test_the_plan_caps_pretraining_and_gives_its_minutes_to_fine_tuning(fast_wordnet):
+    """A 2-minute plan with a quarter for pretraining times far more than 5 pretraining steps: the cap keeps 5,
+    records the timed count, and the fine-tuning gets the seconds the cap freed (the uncapped plan's pretraining
+    share, 30 s, less 5 steps' worth)."""
+    data, tokenizer = fast_wordnet
+    free = RecipeSettings(pretrain="mlm", batch_size=16, segment_steps=2, max_passes=1e6, max_pretrain_steps=10**6)
+    capped = replace(free, max_pretrain_steps=5)
+    a = recipe_plan.make_plan(free, CFG, data, tokenizer, minutes=2, seed=0)
+    b = recipe_plan.make_plan(capped, CFG, data, tokenizer, minutes=2, seed=0)
+    assert "pretrain_steps_timed" not in a and a["pretrain_steps"] > 5
+    assert b["pretrain_steps"] == 5 and b["pretrain_steps_timed"] > 5
+    assert b["pretrain_seconds"] == pytest.approx(5 * b["pretrain_seconds_per_step"], abs=0.06)  # rounded to 0.1 s
+    # fine-tuning fills what is left of the 2 minutes after 5 pretraining steps, not after the 30 s share
+    assert b["pretrain_seconds"] < 30
+    assert b["finetune_steps"] * b["finetune_seconds_per_step"] == pytest.approx(
+        120 - b["pretrain_seconds"] - b["mining_seconds_estimate"], rel=0.02)
