@@ -30,6 +30,7 @@
 import course_lib  # noqa: F401  first: sets OMP_WAIT_POLICY=PASSIVE before torch loads (2-core stalls otherwise)
 
 # isort: split
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -234,6 +235,14 @@ print("\nfull_recipe dev curve, seed 0:", ", ".join(
 late = [p for p in curve if p["step"] * RecipeSettings().batch_size / n_pairs >= 4]
 print(f"from {late[0]['step']} steps to the end: dev R@10 {late[-1]['recall@10'] - late[0]['recall@10']:+.3f}")
 assert abs(late[-1]["recall@10"] - late[0]["recall@10"]) < 0.01 < late[0]["recall@10"] - curve[1]["recall@10"]
+
+# the same fine-tuning from MLM starts of other lengths (seed 0 unless noted): why a plan stops at max_pretrain_steps
+lengths = json.loads((RESULTS_DIR / "full" / "recipe_pretraining_length.json").read_text())["runs"]
+for run in lengths:
+    print(f"pretraining {run['pretrain_steps']:>5} steps (seed {run['seed']}): final dev R@10 "
+          f"{run['dev_curve'][-1]['recall@10']:.3f}, test R@10 {run['test']['recall@10']:.3f}")
+at = {(r["pretrain_steps"], r["seed"]): r["dev_curve"][-1]["recall@10"] for r in lengths}
+assert at[(1975, 0)] + 0.02 < min(v for (n, _), v in at.items() if n == RecipeSettings().max_pretrain_steps)
 
 # %% [markdown]
 # ## 4. The recipe on Chinese: idioms from their example sentences
