@@ -201,7 +201,7 @@ def main(argv=None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="wordnet, idioms_zh, or a folder in data/README.md's layout")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="the run folder (required unless --plan-only)")
     parser.add_argument("--minutes", type=float, default=30.0, help="training minutes (pretraining + fine-tuning)")
     parser.add_argument("--preset", choices=["fast", "full"], default="full")
     parser.add_argument("--seed", type=int, default=0)
@@ -217,7 +217,13 @@ def main(argv=None) -> None:
                         help="cap a planned run's pretraining at this many steps")
     parser.add_argument("--max-passes", type=float, default=RecipeSettings.max_passes,
                         help="cap a planned run's fine-tuning at this many passes over the training pairs")
+    parser.add_argument("--plan-only", action="store_true",
+                        help="print the step counts --minutes would buy on this machine, and write nothing")
     args = parser.parse_args(argv)
+    if args.out is None and not args.plan_only:
+        parser.error("--out is required (except with --plan-only)")
+    if args.plan_only and args.pretrain_steps is not None:
+        parser.error("--plan-only plans --minutes; it cannot be combined with --pretrain-steps / --finetune-steps")
     if (args.pretrain_steps is None) != (args.finetune_steps is None):
         parser.error("give --pretrain-steps and --finetune-steps together (or neither, to plan --minutes)")
     if args.minutes <= 0:
@@ -231,6 +237,10 @@ def main(argv=None) -> None:
                               max_pretrain_steps=args.max_pretrain_steps)
     steps = None if args.pretrain_steps is None else {"pretrain_steps": args.pretrain_steps,
                                                       "finetune_steps": args.finetune_steps}
+    if args.plan_only:
+        training_pairs(data, settings.batch_size, cfg.seed)  # the same refusals as a run, before any timing
+        print(json.dumps(make_plan(settings, cfg, data, tokenizer, args.minutes, cfg.seed), indent=2))
+        return
     result = run_recipe(data, tokenizer, cfg, args.out, minutes=args.minutes, settings=settings, steps=steps,
                         curve_every=args.curve_every)
     shown = {k: result["metrics"][k] for k in ("test", "test_hybrid", "hybrid") if k in result["metrics"]}

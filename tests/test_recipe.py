@@ -207,3 +207,19 @@ def test_a_dev_curve_between_checkpoints_is_refused(small_folder, tmp_path):
         run_recipe(data, load_tokenizer(data, CFG.vocab_size), CFG, tmp_path / "r", steps={"pretrain_steps": 0,
                    "finetune_steps": 8}, settings=RecipeSettings(segment_steps=4), curve_every=6)
     assert not (tmp_path / "r").exists()
+
+
+def test_plan_only_prints_the_plan_and_writes_nothing(small_folder, tmp_path, capsys, monkeypatch):
+    """``--plan-only`` times the stages for ``--minutes`` and prints the plan (with both caps applied), without
+    an --out and without writing anything; with fixed step counts it is refused."""
+    monkeypatch.chdir(tmp_path)
+    main(["--data", str(small_folder), "--preset", "fast", "--minutes", "0.2", "--batch-size", "8", "--plan-only",
+          "--max-pretrain-steps", "3"])
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["minutes"] == 0.2 and plan["pretrain_steps"] <= 3 and plan["finetune_steps"] >= 1
+    assert plan["finetune_steps"] <= plan["finetune_steps_cap"]
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(SystemExit):
+        main(["--data", str(small_folder), "--plan-only", "--pretrain-steps", "1", "--finetune-steps", "1"])
+    with pytest.raises(SystemExit):
+        main(["--data", str(small_folder), "--minutes", "1"])  # no --out, no --plan-only
