@@ -19,8 +19,8 @@
 # idioms against character BM25; the recipe on a folder in the documented layout; a sentence-transformers round
 # trip; a widget that compares two methods' top-k for any query you type.
 #
-# **Run time:** FAST preset about 60 s on 2 CPU cores (three short recipe runs; measured 56 s); the full preset runs the same cells at
-# larger step counts (about 15 minutes); the 30-minute recipe runs belong to the benchmark
+# **Run time:** FAST preset about 60 s on 2 CPU cores (three short recipe runs; measured 56 s); the full preset
+# runs the same cells at larger step counts (about 15 minutes); the 30-minute recipe runs belong to the benchmark
 # (`python -m course_lib.benchmark --preset full --methods full_recipe`), whose results section 3 reads.
 #
 # Terms (recall@k, MRR, hard negative, HNSW, …) are defined in [GLOSSARY.md](../GLOSSARY.md), with the Chinese
@@ -118,10 +118,10 @@ print(cfg.preset, data)
 # From the command line, a time budget is turned into step counts once, by timing a few steps of each stage on
 # your machine: `python -m course_lib.recipe --data wordnet --out runs/recipe --minutes 30 --preset full`. The
 # planner stops pretraining at `max_pretrain_steps` (1,400; on WordNet a 1,975-step MLM start fine-tuned to a
-# lower dev recall: README, Results) and fine-tuning at `max_passes` (7) passes over the training pairs even when
+# lower dev recall, section 3) and fine-tuning at `max_passes` (7) passes over the training pairs even when
 # minutes are left, recorded in `plan.json` as `unspent_seconds`: by then the recipe's full-scale dev curve on
-# WordNet has flattened (section 3 prints it). Here the step counts are fixed, so the run is the same on every machine. The
-# cell prints the step marks the plan derived from them.
+# WordNet has flattened (section 3 prints it). Here the step counts are fixed, so the run is the same on every
+# machine. The cell prints the step marks the plan derived from them.
 #
 # **Checker.** The index the recipe built (HNSW) must find nearly what exact search over the same vectors finds:
 # their test recall@10 must agree within 0.05.
@@ -152,15 +152,15 @@ assert abs(recipe["metrics"]["test"]["recall@10"] - recipe["metrics"]["test_hnsw
 # %% [markdown]
 # ## 2. One budget, one split
 #
-# The same test split, the same step budget: BM25 (no training), MiniLM (pretrained elsewhere, zero-shot),
-# in-batch training from random weights for the recipe's total step count (pretraining plus fine-tuning steps,
-# from the run's plan), the recipe, and the recipe's encoder fused with BM25 (`hybrid`, section 1). The budget is an equal **step count, not equal time**: a recipe step
-# costs more (hard-negative columns, mining), and the cell prints both methods' training seconds. The baseline
-# trains at the recipe's learning rate (`settings.lr`, held constant; the recipe warms it up and decays it), not
-# at the preset's in-batch rate (`cfg.lr`), so that the learning rate is not one more difference between the two
-# rows; it is not the baseline's best setting, which the benchmark's `in_batch` row uses. In FAST, this budget
-# is a few dozen steps, so the table shows where each method starts, not where it ends; section 3 has the
-# full-preset table.
+# The same test split, the same step budget: BM25 (no training), MiniLM (pretrained elsewhere, zero-shot), in-batch
+# training from random weights for the recipe's total step count (pretraining plus fine-tuning steps, from the run's
+# plan), the recipe, and the recipe's encoder fused with BM25 (`hybrid`, section 1). The budget is an equal **step
+# count, not equal time**: a recipe step costs more (hard-negative columns, mining), and the cell prints both methods'
+# training seconds. The baseline trains at the recipe's learning rate (`settings.lr`, held constant; the recipe warms
+# it up and decays it), not at the preset's in-batch rate (`cfg.lr`), so that the learning rate is not one more
+# difference between the two rows; it is not the baseline's best setting, which the benchmark's `in_batch` row uses.
+# In FAST, this budget is a few dozen steps, so the table shows where each method starts, not where it ends; section 3
+# has the full-preset table.
 
 # %%
 _, test_texts, test_relevant = data.split_items("test")
