@@ -9,7 +9,9 @@ writes ``DIR/results.json``, ``DIR/results.md`` and ``DIR/recall_curves.png``. T
 registered in ``course_lib.recipes.METHODS`` (each returns a ``MethodResult``: test metrics, training cost, extras).
 ``--merge`` adds or replaces the named methods in an existing ``results.json`` of the same preset and keeps
 the others. ``--seeds N`` trains every trained method with seeds ``cfg.seed … cfg.seed + N − 1`` and reports
-the mean, the sample standard deviation and each seed's metrics (methods without training run once). The
+the mean, the sample standard deviation and each seed's metrics (methods without training run once);
+``--first-seed K`` starts them at K, and with ``--merge`` pools them with the seeds already stored
+(``course_lib.seeds``), so that a long method's seeds can run in separate calls. The
 ``hnsw`` entry measures HNSW against exact search on the ``in_batch`` encoder's embeddings of
 the whole corpus (or, when ``in_batch`` does not run, the last course encoder that does).
 """
@@ -30,7 +32,6 @@ import torch
 from course_lib.config import get_config
 from course_lib.data import load_dataset
 from course_lib.index import ExactIndex, HNSWIndex, recall_vs_exact
-from course_lib.metrics import spread_verdict
 from course_lib.plots import plot_recall_at_k
 from course_lib.provenance import recorded_config
 from course_lib.recipes import (  # noqa: F401  (re-exported)
@@ -40,11 +41,16 @@ from course_lib.recipes import (  # noqa: F401  (re-exported)
     NotApplicable,
     run_untrained,
 )
+from course_lib.seeds import (  # noqa: F401  (REPORTED, mean_sd and ordering re-exported)
+    REPORTED,
+    mean_sd,
+    ordering,
+    pool_seeds,
+    seed_rows,
+    summarize_seeds,
+)
 from course_lib.tokenizer import load_tokenizer
 from course_lib.utils import seed_everything
-
-REPORTED = ("recall@1", "recall@5", "recall@10", "recall@20", "recall@50", "recall@100", "mrr@10", "ndcg@10")
-
 
 DATASET_TITLES = {"wordnet": "WordNet", "idioms_zh": "Chinese idioms"}
 HNSW_ENCODER = "in_batch"  # whose corpus embeddings the HNSW check uses when it runs
@@ -214,59 +220,34 @@ def stored_results(preset: str) -> dict:
                        f"python -m course_lib.benchmark --preset {preset} --out results/{preset}")
 
 
-def mean_sd(m: dict, key: str) -> str:
-    """A stored metric as 'mean ± sd' over seeds, or the single value."""
-    return f"{m[key]:.3f}" + (f" ± {m['spread'][key]:.3f}" if "spread" in m else "")
-
-
-def ordering(a: dict, b: dict, key: str = "recall@10") -> tuple[float, str]:
-    """Gap ``a − b`` of a stored metric and the verdict the course allows: "above" / "below" only when the gap
-    exceeds the larger standard deviation over seeds, else "within noise"; "one seed" when either has none;
-    no verdict either when a run of either stopped at its wall-clock cap (its steps then depended on the load)."""
-    gap = a[key] - b[key]
-    if a.get("capped_seeds") or b.get("capped_seeds"):
-        return gap, "a run stopped at its wall-clock cap: no ordering claimed"
-    if a.get("steps_unverified") or b.get("steps_unverified"):  # recorded before per-seed steps, close to a cap
-        return gap, "a run stopped at its wall-clock cap? (steps unverified): no ordering claimed"
-    if "spread" not in a or "spread" not in b:
-        return gap, "one seed: no ordering claimed"
-    noise = max(a["spread"][key], b["spread"][key])
-    return gap, f"{spread_verdict(gap, a['spread'][key], b['spread'][key])} (largest sd {noise:.3f})"
-
-
-def _seed_extras(r: MethodResult) -> dict:
-    """What a run reports besides ``REPORTED`` that is judged over seeds: a SimBERT run's generation scores
-    (token F1 and BLEU-4 of each output and floor) and the recipe's hybrid test metrics."""
-    extra = r.extra or {}
-    g = extra.get("generation", {})
-    out = {"generation": {k: v for k, v in g.items() if k.startswith(("token_f1_", "bleu_"))}} if g else {}
-    return out | ({"test_hybrid": extra["test_hybrid"]} if extra.get("test_hybrid") else {})
-
-
-def summarize_seeds(runs: list[MethodResult], seeds: list[int]) -> dict:
-    """One results.json entry from a method's runs: the mean of each reported metric (and of the training cost),
-    with ``spread`` (the sample standard deviation over seeds) and ``per_seed`` when there is more than one run.
-    The extras (configuration, generation scores, step cost) are those of the first seed's run; each seed's
-    generation scores and hybrid test metrics are also kept in ``per_seed``."""
-    first = runs[0]
-    entry = {k: statistics.fmean(r.metrics[k] for r in runs) for k in REPORTED} | {
-        "train_seconds": round(statistics.fmean(r.train_seconds for r in runs), 1), "steps": first.steps}
-    if len(runs) > 1:
-        entry["seeds"] = seeds
-        entry["spread"] = {k: statistics.stdev(r.metrics[k] for r in runs) for k in REPORTED}
-        entry["per_seed"] = [{k: r.metrics[k] for k in REPORTED} | {"seed": s, "steps": r.steps, "stopped": r.stopped}
-                             | _seed_extras(r) for r, s in zip(runs, seeds)]
-    capped = [s for r, s in zip(runs, seeds) if "time_budget" in r.stopped]
-    if capped:  # said in results.md and by ``ordering``: such a run's numbers depend on the machine's load
-        entry["capped_seeds"] = capped
-    return entry | (first.extra or {})
+def _check_pooling(previous: dict, names: list[str], cfg, seeds: list[int]) -> None:
+    """``--first-seed`` with ``--merge``: refuse, before anything trains, seeds already stored for a named method
+    or a stored entry made under another configuration (``course_lib.seeds.pool_seeds`` would refuse them)."""
+    for name in names:
+        stored = previous.get("methods", {}).get(name)
+        if not stored or stored.get("steps", 0) == 0:
+            continue
+        taken = [row["seed"] for row in seed_rows(stored, cfg.seed)]
+        if set(taken) & set(seeds):
+            raise ValueError(f"--first-seed {seeds[0]}: {name} already stores seeds {taken}; pass a --first-seed above "
+                             f"{max(taken)}, or drop --first-seed to replace the entry")
+        if stored.get("config") != recorded_config(cfg):
+            raise ValueError(f"--first-seed: {name}'s stored entry was made under another configuration, so new seeds "
+                             "cannot be pooled with it; drop --first-seed to replace the entry")
 
 
 def run(preset: str, out: Path, methods: list[str] | None = None, merge: bool = False, seeds: int = 1,
-        dataset: str = "wordnet") -> dict:
+        dataset: str = "wordnet", first_seed: int | None = None) -> dict:
+    """Run ``methods`` (all registered ones by default) with ``seeds`` seeds each, from ``first_seed`` (the
+    preset's ``cfg.seed`` when None), and write ``out/results.json``, ``results.md`` and the figure. With
+    ``merge``, the other methods of an existing ``results.json`` are kept; with ``merge`` and ``first_seed``, the
+    new seeds are pooled with those stored for each method (``course_lib.seeds.pool_seeds``)."""
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be a positive int, got {seeds!r}")
+    if first_seed is not None and (isinstance(first_seed, bool) or not isinstance(first_seed, int) or first_seed < 0):
+        raise ValueError(f"first_seed must be an int >= 0 (or None for the preset's seed), got {first_seed!r}")
     cfg = get_config(preset)
+    base = cfg.seed if first_seed is None else first_seed
     seed_everything(cfg.seed, cfg.num_threads)
     names = methods or list(METHODS)
     unknown = [n for n in names if n not in METHODS]
@@ -282,6 +263,8 @@ def run(preset: str, out: Path, methods: list[str] | None = None, merge: bool = 
     if previous and previous.get("dataset", "wordnet") != data.name:
         raise ValueError(f"--merge: {out / 'results.json'} holds data set {previous.get('dataset')!r}, not "
                          f"{data.name!r}; use another --out or drop --merge")
+    if first_seed is not None and previous:
+        _check_pooling(previous, names, cfg, list(range(base, base + seeds)))
     tokenizer = load_tokenizer(data, cfg.vocab_size)
     results = {
         "preset": preset,
@@ -302,23 +285,27 @@ def run(preset: str, out: Path, methods: list[str] | None = None, merge: bool = 
         runs = []
         for k in range(seeds):
             try:
-                r = METHODS[name](cfg.replace(seed=cfg.seed + k, **caps), data, tokenizer)
+                r = METHODS[name](cfg.replace(seed=base + k, **caps), data, tokenizer)
             except NotApplicable as why:
                 print(f"{name:>12}: not applicable to {data.name}: {why}", flush=True)
                 results.setdefault("not_applicable", {})[name] = str(why)
                 break
             runs.append(r)
-            print(f"{name:>12} (seed {cfg.seed + k}): R@1 {r.metrics['recall@1']:.3f}  R@10 {r.metrics['recall@10']:.3f}  "
+            print(f"{name:>12} (seed {base + k}): R@1 {r.metrics['recall@1']:.3f}  R@10 {r.metrics['recall@10']:.3f}  "
                   f"MRR@10 {r.metrics['mrr@10']:.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
             if r.steps == 0:
                 break  # nothing trained: another seed gives the same numbers
         if not runs:
             continue
-        results["methods"][name] = summarize_seeds(runs, [cfg.seed + k for k in range(len(runs))]) | {
+        entry = summarize_seeds(runs, [base + k for k in range(len(runs))]) | {
             "wall_seconds": round(time.perf_counter() - t0, 1), "date": results["date"], "commit": results["commit"],
             "config": recorded_config(cfg), "wall_clock_caps": caps,
             # the 1-minute load average before and after: seconds measured beside other jobs read as upper bounds
             "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+        stored = results["methods"].get(name)
+        if first_seed is not None and stored and stored.get("steps", 0) and runs[0].steps:
+            entry = pool_seeds(stored, entry, cfg.seed)
+        results["methods"][name] = entry
         r = runs[0]
         if r.embeddings is not None and (hnsw_source is None or hnsw_source[0] != HNSW_ENCODER):
             hnsw_source = (name, r.embeddings)
@@ -363,6 +350,9 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", nargs="*", default=None, help=f"subset of {list(METHODS)}")
     parser.add_argument("--merge", action="store_true", help="keep the other methods of an existing results.json")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per trained method (mean and spread reported)")
+    parser.add_argument("--first-seed", type=int, default=None,
+                        help="run seeds FIRST … FIRST+N-1 (default: the preset's seed); with --merge, pool them with "
+                             "the seeds already stored for each method")
     parser.add_argument("--replot", action="store_true", help="only redraw results.md and the figure from results.json")
     parser.add_argument("--dataset", default="wordnet",
                         help="wordnet, idioms_zh, or a folder in data/README.md's layout (results/<preset> is "
@@ -375,7 +365,7 @@ def main(argv=None) -> None:
         if args.dataset != "wordnet" and args.out == Path("results"):
             parser.error(f"--dataset {args.dataset}: give it its own --out (e.g. results/{args.preset}_idioms_zh); "
                          f"results/{args.preset} holds WordNet's results")
-        run(args.preset, out, args.methods, args.merge, args.seeds, args.dataset)
+        run(args.preset, out, args.methods, args.merge, args.seeds, args.dataset, args.first_seed)
 
 
 if __name__ == "__main__":
