@@ -1,11 +1,13 @@
 """The papers' orderings next to ours (notebook 07 and the README): for each claim "A beats B" a paper makes,
 the two benchmark methods that test it at our scale, the paper's own figure, and a verdict computed from the
-stored results with ``course_lib.benchmark.ordering`` (an ordering counts only when the gap exceeds the larger
+stored results with ``course_lib.seeds.ordering`` (an ordering counts only when the gap exceeds the larger
 standard deviation over seeds; a trained method run with one seed, or a run stopped at its wall-clock cap,
 decides nothing; a method that trains nothing, ``steps == 0``, has spread 0, see ``claim_entry``).
 """
 
 from dataclasses import dataclass
+
+from course_lib.seeds import mean_sd, ordering
 
 
 @dataclass(frozen=True)
@@ -62,13 +64,13 @@ def claim_entry(m: dict, key: str = "recall@10") -> dict:
 
 
 def verdict_of(ordering_verdict: str) -> str:
-    """``course_lib.benchmark.ordering``'s verdict as the claims table's "reproduced?" word; an unknown verdict
+    """``course_lib.seeds.ordering``'s verdict as the claims table's "reproduced?" word; an unknown verdict
     raises rather than being counted as a reversal."""
     for start, word in (("a run stopped at its wall-clock cap", "capped: no verdict"), ("one seed", "one seed"),
                         ("within noise", "within noise"), ("above", "yes"), ("below", "reversed")):
         if ordering_verdict.startswith(start):
             return word
-    raise ValueError(f"unknown verdict from course_lib.benchmark.ordering: {ordering_verdict!r}; add it to "
+    raise ValueError(f"unknown verdict from course_lib.seeds.ordering: {ordering_verdict!r}; add it to "
                      "course_lib.claims.verdict_of")
 
 
@@ -79,8 +81,6 @@ def check_claims(methods: dict, key: str = "recall@10") -> list[dict]:
     """One row per claim: both methods' stored ``key`` (mean ± sd), the gap, and "yes" (ours agrees, outside the
     spread), "reversed" (the opposite, outside the spread), "within noise", "one seed" (a trained method ran
     once), "capped: no verdict" (a run stopped at its wall-clock cap) or "not run"."""
-    from course_lib.benchmark import mean_sd, ordering
-
     rows = []
     for c in PAPER_CLAIMS:
         row = {"claim": c.claim, "source": c.source, "paper": c.figure, "better": c.better, "worse": c.worse}

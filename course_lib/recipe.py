@@ -154,6 +154,9 @@ def run_recipe(data, tokenizer, cfg, out, *, minutes: float = 30.0, settings: Re
             plan["pretrain_steps"] = 0
         out.mkdir(parents=True, exist_ok=True)
         _write_json({"identity": identity, "plan": plan}, plan_path)
+    # timing the steps drew from the global generator (model inits, synthetic vectors): start training from the
+    # seed, as a run of fixed step counts does, so that a planned run trains as the fixed run of its step counts
+    seed_everything(seed, cfg.num_threads)
     state = out / "state"
     state.mkdir(exist_ok=True)
     seconds = {}

@@ -102,6 +102,21 @@ def wordnet_tokenizer():
 TINY = RecipeSettings(pretrain=None, batch_size=8, dynamic_checks=0, segment_steps=2)  # seconds, not minutes
 
 
+def test_a_planned_run_trains_as_the_fixed_run_of_its_step_counts(small_folder, tmp_path, wordnet_tokenizer):
+    """Timing the steps draws from the global generator; a run planned from minutes must still train exactly as
+    a run given its step counts (before the fix, the 30-minute WordNet command ended 0.05 below the benchmark's
+    run of the same counts)."""
+    data = load_folder(small_folder)
+    capped = RecipeSettings(pretrain="mlm", batch_size=8, dynamic_checks=0, segment_steps=2, max_pretrain_steps=4,
+                            max_passes=0.5)  # both caps bind at 2 minutes: 4 + 14 steps whatever the machine
+    planned = run_recipe(data, wordnet_tokenizer, CFG, tmp_path / "planned", minutes=2, settings=capped,
+                         progress=False)
+    counts = {k: planned["plan"][k] for k in ("pretrain_steps", "finetune_steps")}
+    assert counts == {"pretrain_steps": 4, "finetune_steps": 14}
+    fixed = run_recipe(data, wordnet_tokenizer, CFG, tmp_path / "fixed", steps=counts, settings=capped, progress=False)
+    assert planned["metrics"]["test"] == fixed["metrics"]["test"] and planned["metrics"]["dev"] == fixed["metrics"]["dev"]
+
+
 def test_a_folder_without_train_jsonl_is_refused_before_anything_is_written(tmp_path, wordnet_tokenizer):
     folder = write_folder(load_dataset("wordnet", "fast"), tmp_path / "no_train", n_docs=100, seed=1)
     (folder / "train.jsonl").unlink()
