@@ -18,9 +18,10 @@ Stages, each with its share of the budget (``RecipeSettings``):
    weight α tuned on the dev split, reported as ``test_hybrid``; the exported model is the encoder alone).
 
 ``--minutes`` is turned into step counts once, at the start, by timing a few steps of each stage on this
-machine (``plan.json``); from then on the run is counted in steps, so it is reproducible and resumable.
-Pretraining stops at ``max_pretrain_steps`` (its minutes then go to fine-tuning): on WordNet a longer MLM
-pretraining gave a worse start (README, Results). Fine-tuning stops at ``max_passes`` passes over the training
+machine (``plan.json``); from then on the run is counted in steps, so it is reproducible and resumable, and it
+trains exactly as a run given those step counts (the seed is set again after the timing).
+Pretraining stops at ``max_pretrain_steps`` (its minutes then go to fine-tuning): the longest MLM pretraining
+measured on WordNet, as good as half of it (README, Results); longer is not measured. Fine-tuning stops at ``max_passes`` passes over the training
 pairs even if minutes are left (the plan records them as ``unspent_seconds``): past that the small encoder fits
 its training pairs rather than generalising.
 Checkpoints are written atomically every ``segment_steps`` steps; run the same command again after an
@@ -64,7 +65,7 @@ class RecipeSettings:
 
     pretrain: str | None = "mlm"
     pretrain_share: float = 0.25  # of the training minutes; the rest fine-tunes (mining included)
-    max_pretrain_steps: int = 1400  # a planned run pretrains at most this long (longer measured a worse start)
+    max_pretrain_steps: int = 1400  # a planned run pretrains at most this long (the longest measured)
     batch_size: int = 128
     lr: float = 5e-4
     temperature: float = 0.1  # of the fine-tuning softmax (the preset's Config.temperature, 0.05, is the notebooks')

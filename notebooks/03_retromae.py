@@ -540,8 +540,12 @@ BENCH = {"random_then_in_batch": "random start, [CLS]", "mlm_then_in_batch": "ML
 
 
 def origin(m):
-    """Commit and date of a stored entry; entries stored before the benchmark recorded them name the commit
-    that first stored their numbers (``config_source``)."""
+    """Commit and date of a stored entry (each seed's, when its seeds were run in separate calls and pooled);
+    entries stored before the benchmark recorded them name the commit that first stored their numbers
+    (``config_source``)."""
+    rows = {(r["commit"], r["date"]) for r in m.get("per_seed", []) if "commit" in r}
+    if len(rows) > 1:
+        return "; ".join(f"seed {r['seed']}: commit {r['commit']}, {r['date']}" for r in m["per_seed"])
     if "commit" in m:
         return f"commit {m['commit']}, {m['date']}"
     return f"first stored at commit {m['config_source'].split()[-1]}, date not recorded"
