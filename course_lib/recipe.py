@@ -22,8 +22,8 @@ machine (``plan.json``); from then on the run is counted in steps, so it is repr
 trains exactly as a run given those step counts (the seed is set again after the timing).
 Pretraining stops at ``max_pretrain_steps`` (its minutes then go to fine-tuning): the longest MLM pretraining
 measured on WordNet, as good as half of it (README, Results); longer is not measured. Fine-tuning stops at
-``max_passes`` passes over the training pairs even if minutes are left (the plan records them as ``unspent_seconds``): past that the small encoder fits
-its training pairs rather than generalising.
+``max_passes`` passes over the training pairs even if minutes are left (the plan records them as
+``unspent_seconds``): past that the small encoder fits its training pairs rather than generalising.
 Checkpoints are written atomically every ``segment_steps`` steps; run the same command again after an
 interrupt and it continues from the last one, to the same metrics as an uninterrupted run.
 
