@@ -43,10 +43,10 @@ from course_lib.recipes import (  # noqa: F401  (re-exported)
 )
 from course_lib.seeds import (  # noqa: F401  (REPORTED, mean_sd and ordering re-exported)
     REPORTED,
+    check_poolable,
     mean_sd,
     ordering,
     pool_seeds,
-    seed_rows,
     summarize_seeds,
 )
 from course_lib.tokenizer import load_tokenizer
@@ -221,19 +221,11 @@ def stored_results(preset: str) -> dict:
 
 
 def _check_pooling(previous: dict, names: list[str], cfg, seeds: list[int]) -> None:
-    """``--first-seed`` with ``--merge``: refuse, before anything trains, seeds already stored for a named method
-    or a stored entry made under another configuration (``course_lib.seeds.pool_seeds`` would refuse them)."""
+    """``--first-seed`` with ``--merge``: refuse, before anything trains, what ``pool_seeds`` would refuse."""
     for name in names:
         stored = previous.get("methods", {}).get(name)
-        if not stored or stored.get("steps", 0) == 0:
-            continue
-        taken = [row["seed"] for row in seed_rows(stored, cfg.seed)]
-        if set(taken) & set(seeds):
-            raise ValueError(f"--first-seed {seeds[0]}: {name} already stores seeds {taken}; pass a --first-seed above "
-                             f"{max(taken)}, or drop --first-seed to replace the entry")
-        if stored.get("config") != recorded_config(cfg):
-            raise ValueError(f"--first-seed: {name}'s stored entry was made under another configuration, so new seeds "
-                             "cannot be pooled with it; drop --first-seed to replace the entry")
+        if stored and stored.get("steps", 0) != 0:
+            check_poolable(stored, recorded_config(cfg), seeds, cfg.seed, name=name)
 
 
 def run(preset: str, out: Path, methods: list[str] | None = None, merge: bool = False, seeds: int = 1,

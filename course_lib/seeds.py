@@ -77,22 +77,30 @@ def seed_rows(entry: dict, base_seed: int) -> list[dict]:
     return [stamp | row]
 
 
+def check_poolable(stored: dict, config: dict | None, seeds: list[int], base_seed: int,
+                   name: str = "the stored entry") -> None:
+    """Raise unless new runs of ``seeds`` made under ``config`` can be pooled with a ``stored`` entry: the same
+    configuration, and none of its seeds already stored. The benchmark asks before anything trains, so that a
+    refusal costs nothing; ``pool_seeds`` asks again before it pools."""
+    if stored.get("config") != config:
+        old, new = stored.get("config") or {}, config or {}
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise ValueError(f"cannot pool seeds: {name} was made under another configuration (differs in "
+                         f"{diff or 'config missing'}); drop --first-seed to replace the entry")
+    taken = sorted(r["seed"] for r in seed_rows(stored, base_seed))
+    both = sorted(set(taken) & set(seeds))
+    if both:
+        raise ValueError(f"cannot pool seeds: seed(s) {both} are already stored: {name} already stores seeds {taken}; "
+                         f"pass a --first-seed above {max(taken)}, or drop --first-seed to replace the entry")
+
+
 def pool_seeds(stored: dict, new: dict, base_seed: int) -> dict:
     """One entry from a stored entry and a new one of the same method, made under the same configuration with
     other seeds: the means, spread and ``per_seed`` rows recomputed over all their seeds (sorted), the extras of
     the lowest seed's entry, the latest commit and date on top and each seed's own in its row. Raises when the
     configurations differ or a seed is in both (the entry is then left as it was)."""
-    if stored.get("config") != new.get("config"):
-        diff = sorted(k for k in set(stored.get("config", {})) | set(new.get("config", {}))
-                      if stored.get("config", {}).get(k) != new.get("config", {}).get(k))
-        raise ValueError(f"cannot pool seeds: the stored entry was made under another configuration (differs in "
-                         f"{diff or 'config missing'}); run without --first-seed to replace it")
     old_rows, new_rows = seed_rows(stored, base_seed), seed_rows(new, base_seed)
-    both = sorted({r["seed"] for r in old_rows} & {r["seed"] for r in new_rows})
-    if both:
-        taken = sorted(r["seed"] for r in old_rows)
-        raise ValueError(f"cannot pool seeds: seed(s) {both} are already stored (seeds {taken}); pass a --first-seed "
-                         f"above {max(taken)}, or run without --first-seed to replace the entry")
+    check_poolable(stored, new.get("config"), [r["seed"] for r in new_rows], base_seed)
     rows = sorted(old_rows + new_rows, key=lambda r: r["seed"])
     lowest = stored if rows[0] in old_rows else new
     pooled = {k: v for k, v in lowest.items() if k not in ("spread", "per_seed", "seeds", "capped_seeds")}
