@@ -117,6 +117,34 @@ def git_commit() -> str:
     return head + ("+changes" if dirty else "")
 
 
+def _generation_line(name: str, m: dict) -> str:
+    """A SimBERT run's generation scores: mean ± sample sd over the seeds whose rows carry them (``per_seed``),
+    else the one run's figures, saying which; the floors and the frequent words are the first seed's."""
+    g = m["generation"]
+    runs = [p["generation"] for p in m.get("per_seed", []) if p.get("generation")] or [g]
+    if len(runs) > 1:
+        seeds = f"{len(runs)} seeds, mean ± sd"
+    else:
+        seeds = "one seed" if len(m.get("seeds", [0])) == 1 else f"seed {m['seeds'][0]} only (the other seeds unscored)"
+
+    def cell(key: str) -> str:
+        values = [r[key] for r in runs]
+        spread = f" ± {statistics.stdev(values):.3f}" if len(set(values)) > 1 else ""  # equal in every seed: no ±
+        return f"{statistics.fmean(values):.3f}{spread}"
+
+    kind = "example → example" if g.get("pair_kind") == "example" else "example → gloss"
+    target = "target" if g.get("pair_kind") == "example" else "gloss"
+    return (f"Generation ({name}, from {g['start']}), {seeds}: greedy on {g['pairs']} held-out test pairs ({kind}), "
+            f"token F1 {cell('token_f1_before')} → {cell('token_f1_after')}, BLEU-4 {cell('bleu_before')} → "
+            f"{cell('bleu_after')} (before → after training); floors (F1 / BLEU-4): copying the input "
+            f"{cell('token_f1_copy_input')} / {cell('bleu_copy_input')}, the most frequent {target} words "
+            f"(\"{g['frequent_words']}\") {cell('token_f1_frequent_words')} / {cell('bleu_frequent_words')}."
+            + (f" SimBERT's own decoding (8 top-5 samples, the closest to the input kept): F1 "
+               f"{cell('token_f1_after_reranked')}, BLEU-4 {cell('bleu_after_reranked')}."
+               if "token_f1_after_reranked" in g else "")
+            + (" Seq2seq loss on the example → gloss rows only." if g.get("seq2seq_directions") == "a_to_b" else ""))
+
+
 def _hybrid_line(name: str, m: dict) -> str:
     """The recipe's last stage on test: its encoder fused with BM25 (``course_lib.hybrid``), each seed's run
     summarised as the table's rows are (mean ± sample sd when there are several)."""
@@ -157,19 +185,7 @@ def to_markdown(results: dict) -> str:
               f"({h['hnsw_ms_per_1k_queries']:.1f} vs {h['exact_ms_per_1k_queries']:.1f} ms per 1,000 queries)."]
     for name, m in results["methods"].items():
         if "generation" in m:
-            g = m["generation"]
-            kind = "example → example" if g.get("pair_kind") == "example" else "example → gloss"
-            target = "target" if g.get("pair_kind") == "example" else "gloss"
-            lines += ["", f"Generation ({name}, from {g['start']}): greedy on {g['pairs']} held-out test pairs ({kind}), "
-                      f"token F1 {g['token_f1_before']:.3f} → {g['token_f1_after']:.3f}, BLEU-4 {g['bleu_before']:.3f} → "
-                      f"{g['bleu_after']:.3f} (before → after training); floors (F1 / BLEU-4): copying the input "
-                      f"{g['token_f1_copy_input']:.3f} / {g['bleu_copy_input']:.3f}, the most frequent {target} words "
-                      f"(\"{g['frequent_words']}\") {g['token_f1_frequent_words']:.3f} / {g['bleu_frequent_words']:.3f}."
-                      + (f" SimBERT's own decoding (8 top-5 samples, the closest to the input kept): F1 "
-                         f"{g['token_f1_after_reranked']:.3f}, BLEU-4 {g['bleu_after_reranked']:.3f}."
-                         if "token_f1_after_reranked" in g else "")
-                      + (" Seq2seq loss on the example → gloss rows only." if g.get("seq2seq_directions") == "a_to_b"
-                         else "")]
+            lines += ["", _generation_line(name, m)]
     for name, m in results["methods"].items():
         if m.get("test_hybrid"):
             lines += ["", _hybrid_line(name, m)]

@@ -103,6 +103,28 @@ def test_to_markdown():
         bench.to_markdown(results)
 
 
+def test_to_markdown_scores_generation_over_the_seeds_that_carry_it():
+    results = hand_results()
+    keys = ("token_f1_before", "token_f1_after", "token_f1_copy_input", "token_f1_frequent_words", "bleu_before",
+            "bleu_after", "bleu_copy_input", "bleu_frequent_words")
+    scores = [dict.fromkeys(keys, 0.0) | {"token_f1_after": f, "token_f1_copy_input": 0.2} for f in (0.1, 0.3)]
+    generation = scores[0] | {"start": "random weights", "pairs": 5, "frequent_words": "the a"}
+    results["methods"]["trained"] |= {"generation": generation, "seeds": [0, 1],
+                                      "per_seed": [{"seed": k, "generation": g} for k, g in enumerate(scores)]}
+
+    def line():
+        return next(x for x in bench.to_markdown(results).splitlines() if x.startswith("Generation (trained"))
+
+    assert "2 seeds, mean ± sd" in line() and "token F1 0.000 → 0.200 ± 0.141" in line()
+    assert "copying the input 0.200 / 0.000," in line()  # equal in every seed: no spread printed
+    for row in results["methods"]["trained"]["per_seed"]:  # seeds stored before each seed was scored
+        del row["generation"]
+    assert "seed 0 only (the other seeds unscored)" in line() and "token F1 0.000 → 0.100," in line()
+    del results["methods"]["trained"]["per_seed"]
+    results["methods"]["trained"]["seeds"] = [0]
+    assert "), one seed: greedy" in line()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # end to end: python -m course_lib.benchmark --preset fast --methods bm25 untrained (~40 s on 2 cores)
 
