@@ -44,6 +44,7 @@ from course_lib.recipes import (  # noqa: F401  (re-exported)
 from course_lib.seeds import (  # noqa: F401  (REPORTED, mean_sd and ordering re-exported)
     REPORTED,
     check_poolable,
+    generation_runs,
     mean_sd,
     ordering,
     pool_seeds,
@@ -121,7 +122,7 @@ def _generation_line(name: str, m: dict) -> str:
     """A SimBERT run's generation scores: mean ± sample sd over the seeds whose rows carry them (``per_seed``),
     else the one run's figures, saying which; the floors and the frequent words are the first seed's."""
     g = m["generation"]
-    runs = [p["generation"] for p in m.get("per_seed", []) if p.get("generation")] or [g]
+    runs = generation_runs(m)
     if len(runs) > 1:
         seeds = f"{len(runs)} seeds, mean ± sd"
     else:

@@ -170,7 +170,9 @@ def retromae_decoder_mask(
     Row i (the query that reconstructs token i) may attend column j iff j ≠ i, j is not padding, and j is
     either a special token — column 0 holds the sentence embedding h, so every other row sees it — or one of
     the row's randomly kept ordinary tokens: of the other ordinary columns, round(m · mask_ratio) are hidden,
-    drawn afresh for each row (the reference draws each row's mask from a pool of 256 shared masks). So each
+    single tokens drawn afresh for each row. The reference differs (staoxiao/RetroMAE ``src/pretrain/data.py``):
+    for each text it draws a pool of min(length, 256) whole-word masks and gives each row one of them at random,
+    with the row's own token hidden too, so rows may share a mask and a word is hidden or kept whole. So each
     token is predicted from h plus a *different* random ~(1 − mask_ratio) of its context, never from itself.
     ``special_tokens_mask`` (B, L) defaults to column 0 and each row's last non-pad token ([CLS], final [SEP]).
     Checks: ``attention_mask`` 2-D with length ≥ 1, ``special_tokens_mask`` of its shape, ``mask_ratio`` in [0, 1).

@@ -42,6 +42,12 @@ def _seed_extras(r) -> dict:
     return out | ({"test_hybrid": extra["test_hybrid"]} if extra.get("test_hybrid") else {})
 
 
+def generation_runs(entry: dict) -> list[dict]:
+    """A SimBERT entry's generation scores, one dict per seed whose ``per_seed`` row carries them, else the
+    entry's own (its first seed's) as the only run: what a mean and spread over seeds are computed from."""
+    return [row["generation"] for row in entry.get("per_seed", []) if row.get("generation")] or [entry["generation"]]
+
+
 def summarize_seeds(runs: list, seeds: list[int]) -> dict:
     """One results.json entry from a method's runs (``course_lib.recipes.MethodResult``): the mean of each
     reported metric (and of the training cost) and the ``seeds``, with ``spread`` (the sample standard deviation
