@@ -208,7 +208,7 @@ plt.show()
 # **capped: no verdict** where a run stopped at its wall-clock cap (its step count then depended on the
 # machine's load). A method that trains nothing (BM25, MiniLM: `steps` 0 in the results) runs once and its
 # spread counts as 0, marked "(no training: sd 0)" below: a trained method run with several seeds can then be
-# compared with BM25 (in full, `in_batch` ran one seed, so that row still reads "one seed").
+# compared with BM25 (a trained method stored with one seed still reads "one seed").
 #
 # The cell ends with two probes of the recipe at full scale. First, the full recipe's dev curve counted in passes
 # over the training pairs: why a plan stops at `max_passes`. Then the same 2,000 fine-tuning steps from MLM
