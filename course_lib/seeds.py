@@ -33,10 +33,10 @@ def ordering(a: dict, b: dict, key: str = "recall@10") -> tuple[float, str]:
     return gap, f"{spread_verdict(gap, a['spread'][key], b['spread'][key])} (largest sd {noise:.3f})"
 
 
-def _seed_extras(r) -> dict:
-    """What a run reports besides ``REPORTED`` that is judged over seeds: a SimBERT run's generation scores
-    (token F1 and BLEU-4 of each output and floor) and the recipe's hybrid test metrics."""
-    extra = r.extra or {}
+def _seed_extras(extra: dict) -> dict:
+    """What a run reports besides ``REPORTED`` that is judged over seeds, from its extras (a ``MethodResult``'s
+    ``extra``, or a stored one-seed entry): a SimBERT run's generation scores (token F1 and BLEU-4 of each output
+    and floor) and the recipe's hybrid test metrics."""
     g = extra.get("generation", {})
     out = {"generation": {k: v for k, v in g.items() if k.startswith(("token_f1_", "bleu_"))}} if g else {}
     return out | ({"test_hybrid": extra["test_hybrid"]} if extra.get("test_hybrid") else {})
@@ -62,7 +62,7 @@ def summarize_seeds(runs: list, seeds: list[int]) -> dict:
         entry["spread"] = {k: statistics.stdev(r.metrics[k] for r in runs) for k in REPORTED}
         entry["per_seed"] = [{k: r.metrics[k] for k in REPORTED} | {"seed": s, "steps": r.steps, "stopped": r.stopped,
                                                                      "train_seconds": round(r.train_seconds, 1)}
-                             | _seed_extras(r) for r, s in zip(runs, seeds)]
+                             | _seed_extras(r.extra or {}) for r, s in zip(runs, seeds)]
     capped = [s for r, s in zip(runs, seeds) if "time_budget" in r.stopped]
     if capped:  # said in results.md and by ``ordering``: such a run's numbers depend on the machine's load
         entry["capped_seeds"] = capped
@@ -71,16 +71,15 @@ def summarize_seeds(runs: list, seeds: list[int]) -> dict:
 
 def seed_rows(entry: dict, base_seed: int) -> list[dict]:
     """Each seed's figures in a stored entry, as ``per_seed`` rows that name their commit and date. A one-seed
-    entry is one row; its seed is ``seeds[0]`` when recorded, else ``base_seed`` (the preset's ``cfg.seed``,
-    which a one-seed run without ``--first-seed`` uses)."""
+    entry is one row, with its generation scores and hybrid metrics when it has them; its seed is ``seeds[0]``
+    when recorded, else ``base_seed`` (the preset's ``cfg.seed``, which a one-seed run without ``--first-seed``
+    uses)."""
     stamp = {"commit": entry.get("commit", "unknown"), "date": entry.get("date", "unknown")}
     if "per_seed" in entry:
         return [stamp | {"train_seconds": entry["train_seconds"]} | row for row in entry["per_seed"]]
     row = {k: entry[k] for k in REPORTED} | {"seed": entry.get("seeds", [base_seed])[0], "steps": entry["steps"],
                                              "train_seconds": entry["train_seconds"]}
-    if "test_hybrid" in entry:
-        row["test_hybrid"] = entry["test_hybrid"]
-    return [stamp | row]
+    return [stamp | row | _seed_extras(entry)]
 
 
 def check_poolable(stored: dict, config: dict | None, seeds: list[int], base_seed: int,

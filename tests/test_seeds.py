@@ -10,7 +10,7 @@ import pytest
 from course_lib import benchmark as bench
 from course_lib.config import get_config
 from course_lib.provenance import recorded_config
-from course_lib.seeds import REPORTED, pool_seeds, seed_rows, summarize_seeds
+from course_lib.seeds import REPORTED, generation_runs, pool_seeds, seed_rows, summarize_seeds
 
 
 def result(seed: int, seconds: float = 1.0) -> bench.MethodResult:
@@ -37,6 +37,21 @@ def test_pooled_entry_equals_one_summary_of_all_seeds():
     assert pooled["commit"] == "bbb" and pooled["pretrain_steps"] == 7 and pooled["wall_seconds"] == 10.0
     again = pool_seeds(pooled, entry([3], "ccc"), base_seed=0)  # a pooled entry pools again, rows keep their commits
     assert again["seeds"] == [0, 1, 2, 3] and [r["commit"] for r in again["per_seed"]] == ["aaa", "bbb", "bbb", "ccc"]
+
+
+def test_pooling_one_seed_entries_keeps_each_seeds_generation_scores():
+    """A SimBERT seed run alone stores its generation scores at the top of its entry; pooled, every seed's row
+    keeps its own (what results.md's mean ± sd over seeds is computed from)."""
+    def simbert_entry(seed):
+        run = result(seed)
+        run.extra = {"generation": {"token_f1_after": 0.1 * (seed + 1), "bleu_after": 0.0, "examples": ["x"],
+                                    "start": "random weights"}}
+        return summarize_seeds([run], [seed]) | {"commit": f"c{seed}", "date": "d", "config": {"lr": 1}}
+
+    pooled = pool_seeds(pool_seeds(simbert_entry(0), simbert_entry(1), base_seed=0), simbert_entry(2), base_seed=0)
+    assert [row["generation"] for row in pooled["per_seed"]] == [
+        {"token_f1_after": 0.1 * (s + 1), "bleu_after": 0.0} for s in (0, 1, 2)]
+    assert [g["token_f1_after"] for g in generation_runs(pooled)] == [0.1, 0.2, 0.1 * 3]
 
 
 def test_a_one_seed_entry_without_seeds_is_the_base_seed():
