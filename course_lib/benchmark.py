@@ -21,7 +21,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ from course_lib.seeds import (  # noqa: F401  (REPORTED, mean_sd and ordering re
     check_poolable,
     generation_runs,
     mean_sd,
+    mean_sd_of,
     ordering,
     pool_seeds,
     summarize_seeds,
@@ -129,9 +129,7 @@ def _generation_line(name: str, m: dict) -> str:
         seeds = "one seed" if len(m.get("seeds", [0])) == 1 else f"seed {m['seeds'][0]} only (the other seeds unscored)"
 
     def cell(key: str) -> str:
-        values = [r[key] for r in runs]
-        spread = f" ± {statistics.stdev(values):.3f}" if len(set(values)) > 1 else ""  # equal in every seed: no ±
-        return f"{statistics.fmean(values):.3f}{spread}"
+        return mean_sd_of([r[key] for r in runs], equal_sd=False)
 
     kind = "example → example" if g.get("pair_kind") == "example" else "example → gloss"
     target = "target" if g.get("pair_kind") == "example" else "gloss"
@@ -151,8 +149,7 @@ def _hybrid_line(name: str, m: dict) -> str:
     summarised as the table's rows are (mean ± sample sd when there are several)."""
     runs = [p["test_hybrid"] for p in m.get("per_seed", []) if "test_hybrid" in p] or [m["test_hybrid"]]
     keys = ("recall@1", "recall@10", "recall@100", "mrr@10")
-    cells = [f"{statistics.fmean(r[k] for r in runs):.3f}" + (f" ± {statistics.stdev(r[k] for r in runs):.3f}"
-                                                               if len(runs) > 1 else "") for k in keys]
+    cells = [mean_sd_of([r[k] for r in runs]) for k in keys]
     seeds = f"{len(runs)} seeds, mean ± sd" if len(runs) > 1 else "one seed"
     return (f"Hybrid ({name}'s encoder fused with BM25, α chosen on the dev split by MRR@10; {seeds}): test "
             f"Recall@1 / Recall@10 / Recall@100 / MRR@10 {' / '.join(cells)}.")

@@ -18,6 +18,13 @@ def mean_sd(m: dict, key: str) -> str:
     return f"{m[key]:.3f}" + (f" ± {m['spread'][key]:.3f}" if "spread" in m else "")
 
 
+def mean_sd_of(values: list[float], equal_sd: bool = True) -> str:
+    """Values over seeds as 'mean ± sample sd', or the single value; with ``equal_sd=False`` the sd is left out
+    when every seed gave the same value (a floor that scores 0.000 in every seed)."""
+    shown = len(values) > 1 and (equal_sd or len(set(values)) > 1)
+    return f"{statistics.fmean(values):.3f}" + (f" ± {statistics.stdev(values):.3f}" if shown else "")
+
+
 def ordering(a: dict, b: dict, key: str = "recall@10") -> tuple[float, str]:
     """Gap ``a − b`` of a stored metric and the verdict the course allows: "above" / "below" only when the gap
     exceeds the larger standard deviation over seeds, else "within noise"; "one seed" when either has none;

@@ -64,7 +64,7 @@ from course_lib.plots import plot_attention_masks, plot_loss_curve, plot_recall_
 from course_lib.provenance import stale_methods
 from course_lib.regimes import stored_regimes
 from course_lib.regimes import verdict as seeds_verdict
-from course_lib.seeds import generation_runs
+from course_lib.seeds import generation_runs, mean_sd_of
 from course_lib.simbert import (
     held_out_pairs,
     make_pairs,
@@ -681,8 +681,7 @@ for preset in ("fast", "full"):
         g, runs = stored[n]["generation"], generation_runs(stored[n])
 
         def score(key):  # mean ± sd over the scored seeds
-            values = [r[key] for r in runs]
-            return f"{statistics.fmean(values):.3f}" + (f" ± {statistics.stdev(values):.3f}" if len(runs) > 1 else "")
+            return mean_sd_of([r[key] for r in runs])
 
         print(f"  generation, {BENCH[n]} ({g['start']}; {g['pairs']} held-out pairs, {len(runs)} seed(s) scored): "
               f"token F1 {score('token_f1_before')} → {score('token_f1_after')}, BLEU-4 {score('bleu_before')} → "
