@@ -720,7 +720,7 @@ for n in ("mlm_then_simbert", "mlm_pairs_then_simbert"):
 # %% [markdown]
 # ### Why the generator stays below its floors: four probes
 #
-# Every generator above stays below the frequent-words floor by token F1. Four variants test four suspects, in
+# Every generator above stays below the frequent-words floor by token F1. Four variants test three suspects, in
 # FAST with three seeds each; every seed's generation is scored, so an ordering is judged against the spread over
 # seeds:
 #
@@ -806,7 +806,8 @@ assert set(to_gloss_only.values()) == {"within noise"}, to_gloss_only
 # - One small model generates (greedy or sampled) and retrieves. From scratch, at this size and budget, its
 #   generator learns gloss word frequencies before glosses (section 8 prints how it compares with the floors);
 #   section 10 reads the benchmark's verdicts on retrieval and its generation scores from an MLM start, and
-#   rules out two suspects for the shortfall (a start that never saw a pair; a target in another register).
+#   rules out three suspects for the shortfall (a start that never saw a pair; a target in another register;
+#   the gloss → example rows).
 # - Score generated text against floors (copy the input, frequent words), not only against the untrained
 #   model: "better than random" is easy. A bag-of-words score (token F1) and an order-aware one (BLEU) can
 #   disagree; report both.

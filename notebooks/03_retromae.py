@@ -519,7 +519,7 @@ print(f"this run ({cfg.preset}, one seed; no ordering claimed): R@10 − random 
 print(f"fine-tuning losses still above 95 % of ln B after {FINETUNE_STEPS} steps: {stuck or 'none'}")
 
 # %% [markdown]
-# **Read the numbers of this run with care**, with the three printed lines above. Where the pretrainings'
+# **Read the numbers of this run with care**, with the lines printed above. Where the pretrainings'
 # MLM losses end near H (section 6), the pretrained encoders are still at the unigram stage: they predict frequent
 # tokens whatever the context. Where a [CLS] start's fine-tuning loss stays near ln B, its [CLS] vectors still
 # score every candidate alike. A barely pretrained [CLS] can then be a worse start than a random one, and that says
@@ -622,7 +622,7 @@ for stored in (stored_fast, stored_full):
 # constant lr, with three seeds each and a dev curve. Each start is then judged at the regime its **dev** curve
 # picks (the test split never chooses). A second probe asks the same question on a *small folder*: 300 training
 # pairs cut from the corpus (`course_lib.folder.write_folder`, the layout of your own data), where pretraining is
-# commonly expected to matter more. The runs took about two hours on 2 cores, so this notebook reads
+# commonly expected to matter more. The two probes took about an hour on 2 cores, so this notebook reads
 # them from `results/fast/regimes.json` (`course_lib.regimes`), with the command, commit and date that made them;
 # `tests/test_regimes.py` checks that every row is the mean and spread of its seeds.
 
@@ -677,9 +677,9 @@ assert sweep["retromae_vs_mlm"] == "above" and sweep["mlm_vs_random"] == sweep["
 # %% [markdown]
 # One caveat on provenance. The sweep and the small folder ran at commit 98cf8c2, before commit 0427444 seeded
 # each start before its model is built (the stored commits are printed above and below). Their MLM and RetroMAE
-# starts therefore began from other initial weights than the schedule probe's further down, which repeats the
-# sweep's constant-1e-3 regime with constant-lr pretraining (the random start was not affected). Same regime,
-# other initial weights:
+# starts therefore began from other initial weights than those of the pretraining-schedule probe at the end of
+# this section, which repeats the sweep's constant-1e-3 regime with constant-lr pretraining (the random start was
+# not affected). Same regime, other initial weights:
 
 # %%
 sched_rows = probes["pretrain_schedule"]["rows"]
@@ -699,7 +699,9 @@ assert gaps["retromae"][0] > gaps["retromae"][1] and 0 < gaps["mlm"][0] < gaps["
 # The reseeded starts end higher: RetroMAE's by more than the larger spread, MLM's within it (checked above). So
 # the sweep's absolute numbers for the pretrained starts belong to its own initial weights. Its conclusions do not
 # rest on them alone: with the reseeded starts too, both pretrained starts stay below the random one at the
-# constant lr, and RetroMAE stays above MLM (the schedule probe's verdicts, printed further down).
+# constant lr, and RetroMAE stays above MLM (the pretraining-schedule probe's verdicts, printed further down).
+# The small folder's pretrained starts were not rerun with the reseeding, so its numbers belong to the old
+# initial weights, with no second measurement to check them against.
 
 # %% [markdown]
 # The small folder. Here is the data set the probe trained on, cut from this notebook's corpus exactly as the probe
@@ -723,9 +725,9 @@ print(f"a training pair: {pair.query!r} → {folder.corpus[pair.positive]!r}")
 small = probes["small_folder"]
 assert all(small["folder"][k] == v for k, v in sizes.items()), "the stored probe was cut from another folder"
 print(f"{small['command']}\n  commit {small['commit']}, {small['date']}; folder: {small['folder']}")
-texts = small["folder"]["documents"] + small["folder"]["train_pairs"]  # pretrain_texts: documents + training queries
-passes = small["pretraining"]["mlm"]["seed 0"]["steps"] * get_config("fast").batch_size / texts
-print(f"pretraining on the folder: {texts:,} texts, read {passes:.1f} times over")
+n_folder_texts = small["folder"]["documents"] + small["folder"]["train_pairs"]  # pretrain_texts: documents + queries
+passes = small["pretraining"]["mlm"]["seed 0"]["steps"] * get_config("fast").batch_size / n_folder_texts
+print(f"pretraining on the folder: {n_folder_texts:,} texts, read {passes:.1f} times over")
 for name, row in small["rows"].items():
     print(f"{name:>44}: test R@10 {row['recall@10']:.3f} ± {row['recall@10_sd']:.3f}  MRR@10 {row['mrr@10']:.3f} "
           f"± {row['mrr@10_sd']:.3f}")
